@@ -1,0 +1,5 @@
+"""The `backbone` command line."""
+
+from backbone.cli._app import app, main
+
+__all__ = ["app", "main"]

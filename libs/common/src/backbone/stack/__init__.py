@@ -1,0 +1,1 @@
+"""The local stack: real nats-server and PostgreSQL plus every service, as processes."""

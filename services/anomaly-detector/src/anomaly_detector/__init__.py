@@ -1,0 +1,1 @@
+"""Backbone anomaly-detector service."""

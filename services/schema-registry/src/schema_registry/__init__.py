@@ -1,0 +1,1 @@
+"""Backbone schema-registry service."""
