@@ -1,0 +1,52 @@
+"""Processed-event ids in a JetStream KV bucket with a TTL (the ``idempotency`` bucket).
+
+Within the stream's duplicate window JetStream already drops repeated publishes; this store covers
+what comes after: redeliveries (a consumer died after the side effect but before its ack) and
+re-publishes older than the window. The consumer checks :meth:`seen` before calling the handler and
+:meth:`mark` s the id after the handler succeeded, before the ack.
+
+Guarantee and its limit: a redelivery of an event whose id was marked is skipped, so a side effect
+runs once per successful handling. A process killed *between* the side effect and the mark (one KV
+round trip, well under a millisecond) runs that side effect again on redelivery: the store narrows
+at-least-once to that window, it cannot close it. Side effects that must be exactly-once have to
+commit the id in the same transaction as the effect (an inbox table next to the data).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+if TYPE_CHECKING:
+    from nats.js.kv import KeyValue
+
+IDEMPOTENCY_BUCKET = "idempotency"
+
+
+class IdempotencyStore:
+    """Processed ids in a KV bucket; entries expire with the bucket's TTL."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: object, *, bucket: str = IDEMPOTENCY_BUCKET) -> IdempotencyStore:
+        """Bind to an existing bucket (created by `backbone streams apply`)."""
+        return cls(await js.key_value(bucket))  # type: ignore[attr-defined]
+
+    async def seen(self, key: str) -> bool:
+        """Whether ``key`` was marked processed (and has not expired)."""
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return False
+        return entry.value is not None
+
+    async def mark(self, key: str) -> bool:
+        """Record ``key`` as processed; False when it already was (a concurrent duplicate)."""
+        try:
+            await self._kv.create(key, b"1")
+        except KeyWrongLastSequenceError:
+            return False
+        return True
