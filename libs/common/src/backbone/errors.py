@@ -10,6 +10,7 @@ context as attributes so callers never have to parse messages::
     ├── StreamError                          stream provisioning or lookup failed
     │   └── NoStreamForSubjectError          no stream captures an event's subject (never dropped)
     ├── PublishError                         a publish was not acknowledged by JetStream
+    │   ├── MessageTooLargeError             refused before sending: over the stream/server limit
     │   └── PublishTimeoutError (TimeoutError)
     ├── ConsumeError                         consumer helper failures
     ├── ResilienceError                      (backbone.resilience) breaker open, bulkhead full, ...
@@ -56,7 +57,7 @@ class EventError(BackboneError, ValueError):
 
 
 class BindingError(EventError):
-    """A transport message cannot be decoded into a CloudEvent (bad headers, bad UTF-8, bad JSON)."""
+    """A transport message cannot be decoded as a CloudEvent (bad headers, UTF-8 or JSON)."""
 
 
 class StreamError(BackboneError):
@@ -100,6 +101,28 @@ class PublishError(BackboneError):
         super().__init__(message)
         self.subject = subject
         self.event_id = event_id
+
+
+class MessageTooLargeError(PublishError):
+    """The encoded event exceeds the stream's or the server's size limit; nothing was sent.
+
+    Attributes:
+        size_bytes: The encoded size.
+        limit_bytes: The limit it exceeds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        size_bytes: int,
+        limit_bytes: int,
+        subject: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        super().__init__(message, subject=subject, event_id=event_id)
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
 
 
 class PublishTimeoutError(PublishError, TimeoutError):

@@ -11,7 +11,6 @@ telemetry story serves every process. Nothing is read at import time: call :func
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 

@@ -62,7 +62,11 @@ T = TypeVar("T")
 
 
 def wait_for(
-    predicate: Callable[[], bool], *, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "condition"
+    predicate: Callable[[], bool],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    what: str = "condition",
 ) -> None:
     """Poll ``predicate`` until it is true, failing with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -237,7 +241,9 @@ class PostgresServer:
                 raise BackboneError(f"postgres exited with {self._proc.returncode}:\n{tail}")
             return self._accepts_connections()
 
-        wait_for(ready, timeout_s=timeout_s, interval_s=0.05, what=f"PostgreSQL on port {self.port}")
+        wait_for(
+            ready, timeout_s=timeout_s, interval_s=0.05, what=f"PostgreSQL on port {self.port}"
+        )
 
     def _accepts_connections(self) -> bool:
         import psycopg  # noqa: PLC0415 - keep the plugin import light

@@ -24,7 +24,9 @@ def list_cmd(
     async def go() -> list[dict[str, object]]:
         nc = await client()
         try:
-            return [letter.to_dict() for letter in await list_dead_letters(nc.jetstream(), limit=limit)]
+            return [
+                letter.to_dict() for letter in await list_dead_letters(nc.jetstream(), limit=limit)
+            ]
         finally:
             await nc.close()
 
@@ -38,15 +40,21 @@ def list_cmd(
         table.add_column(column)
     for item in letters:
         table.add_row(
-            str(item["seq"]), str(item["original_subject"]), f"{item['original_stream']}:{item['original_seq']}",
-            str(item["delivery_count"]), f"{item['error_type']}: {item['error_message']}", str(item["event_id"]),
+            str(item["seq"]),
+            str(item["original_subject"]),
+            f"{item['original_stream']}:{item['original_seq']}",
+            str(item["delivery_count"]),
+            f"{item['error_type']}: {item['error_message']}",
+            str(item["event_id"]),
         )
     Console().print(table)
 
 
 @app.command("replay")
 def replay_cmd(
-    seq: Annotated[int | None, typer.Argument(help="DLQ sequence to replay (see `backbone dlq list`).")] = None,
+    seq: Annotated[
+        int | None, typer.Argument(help="DLQ sequence to replay (see `backbone dlq list`).")
+    ] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
 ) -> None:
     """Republish dead letters to their original subject (same event id) and remove them from DLQ."""
@@ -64,7 +72,15 @@ def replay_cmd(
                 fail(f"no dead letter with sequence {seq}")
             for letter in chosen:
                 ack = await replay_dead_letter(js, letter)
-                done.append({"dlq_seq": letter.seq, "subject": letter.original_subject, "stream": ack.stream, "seq": ack.seq, "event_id": letter.event_id})
+                done.append(
+                    {
+                        "dlq_seq": letter.seq,
+                        "subject": letter.original_subject,
+                        "stream": ack.stream,
+                        "seq": ack.seq,
+                        "event_id": letter.event_id,
+                    }
+                )
         finally:
             await nc.close()
         return done

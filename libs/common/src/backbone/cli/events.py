@@ -30,14 +30,27 @@ def _parse_data(data: str | None, data_file: Path | None) -> Any:  # noqa: ANN40
         fail(f"--data is not valid JSON: {exc}")
 
 
-def publish(  # noqa: PLR0913 - one option per CloudEvents attribute
-    event_type: Annotated[str, typer.Option("--type", "-t", help="CloudEvents `type`; also the subject.")],
-    source: Annotated[str, typer.Option("--source", "-s", help="CloudEvents `source` (URI-reference).")],
+def publish(
+    event_type: Annotated[
+        str, typer.Option("--type", "-t", help="CloudEvents `type`; also the subject.")
+    ],
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="CloudEvents `source` (URI-reference).")
+    ],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Event data as JSON.")] = None,
-    data_file: Annotated[Path | None, typer.Option("--data-file", help="Read the JSON data from a file.")] = None,
-    subject: Annotated[str | None, typer.Option("--subject", help="CloudEvents `subject` attribute.")] = None,
-    event_id: Annotated[str | None, typer.Option("--id", help="Event id (default: a new UUID). Same id twice = duplicate.")] = None,
-    dataschema: Annotated[str | None, typer.Option("--dataschema", help="Schema URI of the data.")] = None,
+    data_file: Annotated[
+        Path | None, typer.Option("--data-file", help="Read the JSON data from a file.")
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="CloudEvents `subject` attribute.")
+    ] = None,
+    event_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Event id (default: a new UUID). Same id twice = duplicate."),
+    ] = None,
+    dataschema: Annotated[
+        str | None, typer.Option("--dataschema", help="Schema URI of the data.")
+    ] = None,
     mode: Annotated[str, typer.Option(help="NATS content mode: binary or structured.")] = "binary",
 ) -> None:
     """Publish one CloudEvent and print where JetStream stored it (after the PubAck).
@@ -51,7 +64,12 @@ def publish(  # noqa: PLR0913 - one option per CloudEvents attribute
     payload = _parse_data(data, data_file)
     try:
         event = CloudEvent.create(
-            type=event_type, source=source, data=payload, id=event_id, subject=subject, dataschema=dataschema
+            type=event_type,
+            source=source,
+            data=payload,
+            id=event_id,
+            subject=subject,
+            dataschema=dataschema,
         )
     except (EventError, ValueError) as exc:
         fail(f"invalid event: {exc}")
@@ -69,11 +87,21 @@ def publish(  # noqa: PLR0913 - one option per CloudEvents attribute
 
 
 def tail(
-    pattern: Annotated[str, typer.Argument(help="Subject pattern, e.g. 'mcp.>' or 'claude.*.error'.")],
-    from_start: Annotated[bool, typer.Option("--from-start", help="Replay the stream from its first message.")] = False,
-    count: Annotated[int | None, typer.Option("--count", "-n", help="Exit after this many events.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One structured-mode CloudEvent JSON per line.")] = False,
-    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Exit after this many idle seconds.")] = None,
+    pattern: Annotated[
+        str, typer.Argument(help="Subject pattern, e.g. 'mcp.>' or 'claude.*.error'.")
+    ],
+    from_start: Annotated[
+        bool, typer.Option("--from-start", help="Replay the stream from its first message.")
+    ] = False,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", help="Exit after this many events.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One structured-mode CloudEvent JSON per line.")
+    ] = False,
+    timeout_s: Annotated[
+        float | None, typer.Option("--timeout", help="Exit after this many idle seconds.")
+    ] = None,
 ) -> None:
     """Follow events matching PATTERN as they arrive (or from the start of the stream)."""
     catalog = load_catalog()
@@ -88,9 +116,13 @@ def tail(
         js = nc.jetstream()
         policy = api.DeliverPolicy.ALL if from_start else api.DeliverPolicy.NEW
         try:
-            sub = await js.subscribe(pattern, stream=streams[0], ordered_consumer=True, deliver_policy=policy)
+            sub = await js.subscribe(
+                pattern, stream=streams[0], ordered_consumer=True, deliver_policy=policy
+            )
         except NotFoundError as exc:
-            raise BackboneError(f"stream {streams[0]} does not exist: run `backbone streams apply`") from exc
+            raise BackboneError(
+                f"stream {streams[0]} does not exist: run `backbone streams apply`"
+            ) from exc
         seen = 0
         try:
             while count is None or seen < count:
@@ -118,10 +150,14 @@ def _print_message(msg: Any, *, as_json: bool) -> None:  # noqa: ANN401 - nats-p
         print(to_json(event).decode())  # noqa: T201 - this is the command's output
         return
     seq = msg.metadata.sequence.stream if msg.reply else "?"
-    print(f"#{seq} {event.time.isoformat() if event.time else '-'} {event.type} {event.source} id={event.id} data={json.dumps(event.data, default=str)[:200]}")  # noqa: T201
+    when = event.time.isoformat() if event.time else "-"
+    data = json.dumps(event.data, default=str)[:200]
+    print(f"#{seq} {when} {event.type} {event.source} id={event.id} data={data}")  # noqa: T201
 
 
 def _overlaps(stream_pattern: str, pattern: str) -> bool:
     # A stream is relevant when the user's pattern can match something the stream captures.
     probe = pattern.replace(">", "x").replace("*", "x")
-    return subject_matches(stream_pattern, probe) or subject_matches(pattern, stream_pattern.replace(">", "x").replace("*", "x"))
+    return subject_matches(stream_pattern, probe) or subject_matches(
+        pattern, stream_pattern.replace(">", "x").replace("*", "x")
+    )

@@ -19,10 +19,19 @@ from backbone.stack._up import Stack, read_info, repo_root, status_rows
 
 
 def _table(rows: list[dict[str, Any]], extra: dict[str, str]) -> Table:
-    table = Table(title="backbone stack", caption=" · ".join(f"{k}: {v}" for k, v in extra.items()) or None)
+    table = Table(
+        title="backbone stack", caption=" · ".join(f"{k}: {v}" for k, v in extra.items()) or None
+    )
     for column in ("process", "state", "pid", "uptime", "health", "endpoint"):
         table.add_column(column)
-    colours = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "FATAL": "red", "EXITED": "red", "STOPPED": "dim"}
+    colours = {
+        "RUNNING": "green",
+        "STARTING": "yellow",
+        "BACKOFF": "yellow",
+        "FATAL": "red",
+        "EXITED": "red",
+        "STOPPED": "dim",
+    }
     for row in rows:
         state = row["state"]
         health = row["health"]
@@ -38,8 +47,16 @@ def _table(rows: list[dict[str, Any]], extra: dict[str, str]) -> Table:
 
 
 def up(
-    postgres_dsn: Annotated[str | None, typer.Option("--postgres-dsn", help="Use this PostgreSQL instead of the embedded one.")] = None,
-    live: Annotated[bool | None, typer.Option("--live/--no-live", help="Live status table (default: when stdout is a terminal).")] = None,
+    postgres_dsn: Annotated[
+        str | None,
+        typer.Option("--postgres-dsn", help="Use this PostgreSQL instead of the embedded one."),
+    ] = None,
+    live: Annotated[
+        bool | None,
+        typer.Option(
+            "--live/--no-live", help="Live status table (default: when stdout is a terminal)."
+        ),
+    ] = None,
 ) -> None:
     """Start nats-server (JetStream), PostgreSQL and every service; Ctrl-C stops everything.
 
@@ -56,7 +73,7 @@ def up(
         fail(str(exc))
     stopping = False
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
@@ -70,10 +87,20 @@ def up(
         stack.start_services()
         use_live = sys.stdout.isatty() if live is None else live
         last_states: dict[str, str] = {}
-        with Live(_table(status_rows(root), extra), console=Console(), auto_refresh=False, transient=False) if use_live else _nullcontext() as display:
+        with (
+            Live(
+                _table(status_rows(root), extra),
+                console=Console(),
+                auto_refresh=False,
+                transient=False,
+            )
+            if use_live
+            else _nullcontext() as display
+        ):
             while not stopping:
                 if stack.supervisord_exited():
-                    raise BackboneError("supervisord exited unexpectedly; see .backbone/logs/")
+                    console.print("[red]error:[/] supervisord exited; see .backbone/logs/")
+                    break
                 rows = status_rows(root)
                 stack.restart_fatal(time.time())
                 if display is not None:
@@ -149,7 +176,9 @@ def down() -> None:
 
 def provision(
     replicas: Annotated[int | None, typer.Option(help="Stream replicas (3 in a cluster).")] = None,
-    root: Annotated[Path | None, typer.Option(help="Directory holding deploy/ (default: found from the cwd).")] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Directory holding deploy/ (default: found from the cwd).")
+    ] = None,
 ) -> None:
     """Apply deploy/streams.yaml and register the seed schemas (Compose job, Kubernetes Job)."""
     from backbone.stack._provision import provision as do_provision  # noqa: PLC0415

@@ -13,13 +13,21 @@ from rich.table import Table
 from backbone.cli._common import client, print_json, run
 from backbone.messaging import apply_streams, load_catalog
 
-app = typer.Typer(help="Create, update and inspect the streams declared in deploy/streams.yaml.", no_args_is_help=True)
+app = typer.Typer(
+    help="Create, update and inspect the streams declared in deploy/streams.yaml.",
+    no_args_is_help=True,
+)
 
 
 @app.command("apply")
 def apply_cmd(
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Streams file (default: deploy/streams.yaml).")] = None,
-    replicas: Annotated[int | None, typer.Option(help="Override replicas (3 in a cluster).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Streams file (default: deploy/streams.yaml)."),
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option(help="Override replicas (3 in a cluster).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON.")] = False,
 ) -> None:
     """Create or update every stream and KV bucket; idempotent; prints what changed."""
@@ -34,7 +42,9 @@ def apply_cmd(
 
     changes = run(go())
     if as_json:
-        print_json([{"kind": c.kind, "name": c.name, "action": c.action, "diff": c.diff} for c in changes])
+        print_json(
+            [{"kind": c.kind, "name": c.name, "action": c.action, "diff": c.diff} for c in changes]
+        )
         return
     out = Console()
     for change in changes:
@@ -68,7 +78,11 @@ async def stream_status_rows() -> list[dict[str, Any]]:
                     "first_seq": info.state.first_seq,
                     "last_seq": info.state.last_seq,
                     "consumers": {
-                        c.name: {"pending": c.num_pending, "ack_pending": c.num_ack_pending, "redelivered": c.num_redelivered}
+                        c.name: {
+                            "pending": c.num_pending,
+                            "ack_pending": c.num_ack_pending,
+                            "redelivered": c.num_redelivered,
+                        }
                         for c in consumers
                     },
                 }
@@ -79,7 +93,9 @@ async def stream_status_rows() -> list[dict[str, Any]]:
 
 
 @app.command("status")
-def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Messages, bytes, consumers and their pending counts for every declared stream."""
     rows = run(stream_status_rows())
     if as_json:
@@ -92,6 +108,17 @@ def status_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.
         if not row["exists"]:
             table.add_row(row["stream"], "-", "missing", "-", "run `backbone streams apply`")
             continue
-        consumers = ", ".join(f"{n} ({c['pending']}/{c['ack_pending']})" for n, c in row["consumers"].items()) or "-"
-        table.add_row(row["stream"], " ".join(row["subjects"]), str(row["messages"]), str(row["bytes"]), consumers)
+        consumers = (
+            ", ".join(
+                f"{n} ({c['pending']}/{c['ack_pending']})" for n, c in row["consumers"].items()
+            )
+            or "-"
+        )
+        table.add_row(
+            row["stream"],
+            " ".join(row["subjects"]),
+            str(row["messages"]),
+            str(row["bytes"]),
+            consumers,
+        )
     Console().print(table)

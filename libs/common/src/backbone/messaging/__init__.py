@@ -11,10 +11,23 @@ Public API::
 """
 
 from backbone.messaging._connect import connect, connect_options
-from backbone.messaging._consume import DLQ_HEADERS, Consumer, ConsumerStats, Delivery, dlq_subject, wait_until_idle
+from backbone.messaging._consume import (
+    DLQ_HEADERS,
+    Consumer,
+    ConsumerStats,
+    Delivery,
+    dlq_subject,
+    wait_until_idle,
+)
 from backbone.messaging._dlq import DLQ_STREAM, DeadLetter, list_dead_letters, replay_dead_letter
 from backbone.messaging._idempotency import IDEMPOTENCY_BUCKET, IdempotencyStore
-from backbone.messaging._publish import MSG_ID_HEADER, PublishResult, Publisher
+from backbone.messaging._publish import (
+    EXPECTED_STREAM_HEADER,
+    MSG_ID_HEADER,
+    PreparedMessage,
+    Publisher,
+    PublishResult,
+)
 from backbone.messaging._streams import (
     ApplyChange,
     BucketSpec,
@@ -31,6 +44,7 @@ from backbone.messaging._streams import (
 __all__ = [
     "DLQ_HEADERS",
     "DLQ_STREAM",
+    "EXPECTED_STREAM_HEADER",
     "IDEMPOTENCY_BUCKET",
     "MSG_ID_HEADER",
     "ApplyChange",
@@ -40,6 +54,7 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "IdempotencyStore",
+    "PreparedMessage",
     "PublishResult",
     "Publisher",
     "StreamCatalog",

@@ -41,9 +41,11 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+    from opentelemetry.trace import Tracer
 
     from backbone.events import CloudEvent
     from backbone.messaging._idempotency import IdempotencyStore
+    from backbone.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,9 @@ class Consumer:
         batch: Messages fetched per pull.
         concurrency: Handlers run at once (1 keeps per-consumer order).
         idempotency: Processed-id store; redeliveries of processed events are skipped.
+        tracer: OpenTelemetry tracer: each handler run is a ``process <subject>`` CONSUMER span,
+            child of the producer's span carried by the message.
+        metrics: Where handled/failed/dead-lettered counts and handler latency are recorded.
     """
 
     def __init__(
@@ -121,6 +126,8 @@ class Consumer:
         concurrency: int = 16,
         fetch_timeout_s: float = 1.0,
         idempotency: IdempotencyStore | None = None,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if max_deliver < 1:
             raise ConsumeError("max_deliver must be at least 1")
@@ -137,6 +144,8 @@ class Consumer:
         self.concurrency = max(1, concurrency)
         self.fetch_timeout_s = fetch_timeout_s
         self.idempotency = idempotency
+        self.tracer = tracer
+        self.metrics = metrics
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -164,21 +173,30 @@ class Consumer:
             await self._js.add_consumer(self.stream, config=config)
         except nats.js.errors.BadRequestError as exc:
             # Exists with another config (e.g. older version): keep it, bind to it.
-            log.warning("consumer %s/%s exists with other settings: %s", self.stream, self.durable, exc)
+            log.warning(
+                "consumer %s/%s exists with other settings: %s", self.stream, self.durable, exc
+            )
         except nats.js.errors.NotFoundError as exc:
-            raise ConsumeError(f"stream {self.stream} does not exist: run `backbone streams apply`") from exc
+            raise ConsumeError(
+                f"stream {self.stream} does not exist: run `backbone streams apply`"
+            ) from exc
         self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         self._runner = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
 
     async def _run(self) -> None:
+        task = asyncio.current_task()
         while not self._stopping.is_set():
+            # nats-py's fetch can turn a cancellation into a TimeoutError; never loop past one,
+            # nor past a closed connection.
+            if (task is not None and task.cancelling()) or self._nc.is_closed:
+                return
             free = self._free_slots()
             if free == 0:
                 await asyncio.sleep(0.001)
                 continue
             try:
                 msgs = await self._sub.fetch(min(self.batch, free), timeout=self.fetch_timeout_s)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 await asyncio.sleep(0.2)
@@ -204,7 +222,7 @@ class Consumer:
         self.stats.in_flight += 1
         try:
             await self._process_one(msg)
-        except Exception:  # never let one message kill the loop
+        except Exception:
             log.exception("unexpected failure processing a message on %s", msg.subject)
         finally:
             self.stats.in_flight -= 1
@@ -225,9 +243,11 @@ class Consumer:
             await self._dead_letter(msg, delivery, exc)
             return
         if delivery.num_delivered > self.max_deliver:
-            # Delivered again after the last attempt: the consumer died while handling it, every time.
+            # Delivered again after the last attempt: its consumer died while handling it each time.
             await self._dead_letter(
-                msg, delivery, ConsumeError(f"delivered {delivery.num_delivered} times without an ack")
+                msg,
+                delivery,
+                ConsumeError(f"delivered {delivery.num_delivered} times without an ack"),
             )
             return
         key = f"{self.durable}.{dedup_id(event)}"
@@ -235,9 +255,17 @@ class Consumer:
             self.stats.skipped_duplicates += 1
             await msg.ack()
             return
+        started = time.perf_counter()
         try:
-            await self.handler(event, delivery)
-        except Exception as exc:  # the handler's failure, whatever it is, is data here
+            await self._call_handler(event, delivery)
+        except Exception as exc:  # noqa: BLE001 - the handler failing, however, is data here
+            if self.metrics is not None:
+                self.metrics.record_handled(
+                    stream=delivery.stream,
+                    event_type=event.type,
+                    latency_s=time.perf_counter() - started,
+                    error=type(exc).__name__,
+                )
             self.stats.failed += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             if delivery.num_delivered >= self.max_deliver:
@@ -246,15 +274,45 @@ class Consumer:
                 delay = self.backoff_s[min(delivery.num_delivered, len(self.backoff_s)) - 1]
                 log.warning(
                     "handler failed on %s seq %d (attempt %d/%d): %r; retry in %.1fs",
-                    delivery.subject, delivery.stream_seq, delivery.num_delivered,
-                    self.max_deliver, exc, delay,
+                    delivery.subject,
+                    delivery.stream_seq,
+                    delivery.num_delivered,
+                    self.max_deliver,
+                    exc,
+                    delay,
                 )
                 await msg.nak(delay=delay)
             return
+        if self.metrics is not None:
+            self.metrics.record_handled(
+                stream=delivery.stream,
+                event_type=event.type,
+                latency_s=time.perf_counter() - started,
+            )
         if self.idempotency is not None:
             await self.idempotency.mark(key)
         await msg.ack()
         self.stats.handled += 1
+
+    async def _call_handler(self, event: CloudEvent, delivery: Delivery) -> None:
+        if self.tracer is None:
+            await self.handler(event, delivery)
+            return
+        from backbone.telemetry import consumer_span  # noqa: PLC0415
+
+        with consumer_span(
+            self.tracer,
+            subject=delivery.subject,
+            message_id=event.id,
+            headers=delivery.headers,
+            traceparent=event.traceparent,
+            tracestate=event.tracestate,
+            delivery_count=delivery.num_delivered,
+            event_type=event.type,
+            consumer_group=self.durable,
+            stream=delivery.stream,
+        ):
+            await self.handler(event, delivery)
 
     async def _dead_letter(self, msg: Msg, delivery: Delivery, exc: BaseException) -> None:
         headers = dict(delivery.headers)
@@ -276,14 +334,24 @@ class Consumer:
         try:
             await self._js.publish(dlq_subject(delivery.subject), msg.data, headers=headers)
         except Exception:
-            log.exception("dead-lettering %s seq %d failed; will retry", delivery.subject, delivery.stream_seq)
+            log.exception(
+                "dead-lettering %s seq %d failed; will retry", delivery.subject, delivery.stream_seq
+            )
             await msg.nak(delay=self.backoff_s[-1])
             return
         await msg.term()
         self.stats.dead_lettered += 1
+        if self.metrics is not None:
+            self.metrics.record_dead_lettered(
+                stream=delivery.stream, event_type=_event_type(delivery)
+            )
         log.error(
             "dead-lettered %s seq %d after %d deliveries: %s: %s",
-            delivery.subject, delivery.stream_seq, delivery.num_delivered, type(exc).__name__, exc,
+            delivery.subject,
+            delivery.stream_seq,
+            delivery.num_delivered,
+            type(exc).__name__,
+            exc,
         )
 
     async def stop(self, *, timeout_s: float = 30.0) -> None:
@@ -291,7 +359,9 @@ class Consumer:
         self._stopping.set()
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._runner), timeout=self.fetch_timeout_s + 1)
+                await asyncio.wait_for(
+                    asyncio.shield(self._runner), timeout=self.fetch_timeout_s + 1
+                )
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
         if self._sub is not None:
@@ -307,6 +377,12 @@ class Consumer:
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
 
+def _event_type(delivery: Delivery) -> str:
+    # The type is known even for undecodable binary-mode messages when the header is there.
+    lowered = {k.lower(): v for k, v in delivery.headers.items()}
+    return lowered.get("ce-type", "unknown")
+
+
 def _header_safe(text: str) -> str:
     # Header values cannot carry CR/LF; keep the message readable on one line.
     return " ".join(text.split())
@@ -319,4 +395,3 @@ async def wait_until_idle(consumer: Consumer, *, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"consumer {consumer.durable} still busy after {timeout_s}s")
         await asyncio.sleep(0.05)
-

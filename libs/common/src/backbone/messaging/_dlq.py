@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
-from nats.js import api
 
 from backbone.errors import StreamError
-from backbone.events import dedup_id, decode_nats
+from backbone.events import decode_nats, dedup_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from nats.js import JetStreamContext
+    from nats.js import JetStreamContext, api
 
 DLQ_STREAM = "DLQ"
 _REPLAY_ATTEMPT_HEADER = "Backbone-Replayed-From-Dlq"
@@ -80,12 +79,16 @@ def _to_dead_letter(seq: int, subject: str, headers: Mapping[str, str], data: by
     )
 
 
-async def list_dead_letters(js: JetStreamContext, *, limit: int = 100, stream: str = DLQ_STREAM) -> list[DeadLetter]:
+async def list_dead_letters(
+    js: JetStreamContext, *, limit: int = 100, stream: str = DLQ_STREAM
+) -> list[DeadLetter]:
     """The first ``limit`` dead letters still in the DLQ stream, oldest first."""
     try:
         info = await js.stream_info(stream)
     except nats.js.errors.NotFoundError as exc:
-        raise StreamError(f"stream {stream} does not exist: run `backbone streams apply`", stream=stream) from exc
+        raise StreamError(
+            f"stream {stream} does not exist: run `backbone streams apply`", stream=stream
+        ) from exc
     letters: list[DeadLetter] = []
     seq = info.state.first_seq
     while seq <= info.state.last_seq and len(letters) < limit:
@@ -93,12 +96,16 @@ async def list_dead_letters(js: JetStreamContext, *, limit: int = 100, stream: s
             raw = await js.get_msg(stream, seq=seq, next=True)
         except nats.js.errors.NotFoundError:
             break
-        letters.append(_to_dead_letter(raw.seq or seq, raw.subject or "", raw.headers or {}, raw.data or b""))
+        letters.append(
+            _to_dead_letter(raw.seq or seq, raw.subject or "", raw.headers or {}, raw.data or b"")
+        )
         seq = (raw.seq or seq) + 1
     return letters
 
 
-async def replay_dead_letter(js: JetStreamContext, letter: DeadLetter, *, stream: str = DLQ_STREAM) -> api.PubAck:
+async def replay_dead_letter(
+    js: JetStreamContext, letter: DeadLetter, *, stream: str = DLQ_STREAM
+) -> api.PubAck:
     """Publish ``letter`` again on its original subject and remove it from the DLQ.
 
     The event keeps its id; its ``Nats-Msg-Id`` is suffixed with the DLQ sequence so that a replay
@@ -107,7 +114,9 @@ async def replay_dead_letter(js: JetStreamContext, letter: DeadLetter, *, stream
     headers = {k: v for k, v in letter.headers.items() if not k.startswith("Backbone-")}
     headers.pop("Nats-Msg-Id", None)
     with contextlib.suppress(Exception):
-        headers["Nats-Msg-Id"] = f"{dedup_id(decode_nats(letter.headers, letter.data))}:replay:{letter.seq}"
+        headers["Nats-Msg-Id"] = (
+            f"{dedup_id(decode_nats(letter.headers, letter.data))}:replay:{letter.seq}"
+        )
     headers[_REPLAY_ATTEMPT_HEADER] = str(letter.seq)
     ack = await js.publish(letter.original_subject, letter.data, headers=headers)
     with contextlib.suppress(nats.js.errors.NotFoundError, nats.errors.TimeoutError):

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import nats.errors
 import nats.js.errors
 
-from backbone.errors import BackboneError, PublishError, PublishTimeoutError
+from backbone.errors import BackboneError, MessageTooLargeError, PublishError, PublishTimeoutError
 from backbone.events import dedup_id, encode_nats
 from backbone.messaging._streams import subject_for
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from nats.aio.client import Client
     from nats.js import JetStreamContext
     from nats.js.api import PubAck
+    from opentelemetry.trace import Tracer
 
     from backbone.events import CloudEvent
     from backbone.messaging._streams import StreamCatalog
+    from backbone.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,16 @@ class PublishResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """An event encoded for JetStream: subject, target stream, headers (dedup id) and payload."""
+
+    subject: str
+    stream: str
+    headers: dict[str, str]
+    payload: bytes
+
+
 class Publisher:
     """Publishes CloudEvents to the stream that captures their subject.
 
@@ -70,7 +84,10 @@ class Publisher:
     * ``Nats-Expected-Stream`` names the stream from ``deploy/streams.yaml``, and an event whose
       subject no stream captures is refused before anything is sent;
     * a result is returned only after the PubAck; timeouts and connection failures are retried
-      (bounded) — safe thanks to the dedup id.
+      (bounded) — safe thanks to the dedup id;
+    * with a ``tracer``, each publish is a ``send <subject>`` PRODUCER span whose context rides in
+      the NATS headers and the event's ``traceparent`` extension; with ``metrics``, publishes,
+      failures and PubAck latency are recorded.
 
     Args:
         nc: A connected nats-py client.
@@ -79,6 +96,8 @@ class Publisher:
         timeout_s: How long to wait for each PubAck.
         attempts: Total attempts per event for retryable failures.
         retry_wait_s: Pause between attempts (doubled each time).
+        tracer: OpenTelemetry tracer for producer spans (None: no spans).
+        metrics: Where to record publish metrics (None: not recorded).
     """
 
     def __init__(
@@ -90,6 +109,8 @@ class Publisher:
         timeout_s: float = 5.0,
         attempts: int = 3,
         retry_wait_s: float = 0.2,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=timeout_s)
@@ -98,14 +119,41 @@ class Publisher:
         self.timeout_s = timeout_s
         self.attempts = max(1, attempts)
         self.retry_wait_s = retry_wait_s
+        self.tracer = tracer
+        self.metrics = metrics
 
-    def _prepare(self, event: CloudEvent, subject: str | None) -> tuple[str, str, dict[str, str], bytes]:
+    def prepare(
+        self,
+        event: CloudEvent,
+        *,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PreparedMessage:
+        """Route and encode ``event`` without sending it (the outbox stores this form).
+
+        Raises:
+            EventError: the type cannot be a subject.
+            NoStreamForSubjectError: no stream captures the subject.
+            MessageTooLargeError: over the stream's ``max_msg_size`` or the server's max payload.
+        """
         subject = subject or subject_for(event.type)
-        stream = self.catalog.stream_for(subject).name
-        headers, payload = encode_nats(event, mode=self.mode)
-        headers[MSG_ID_HEADER] = dedup_id(event)
-        headers[EXPECTED_STREAM_HEADER] = stream
-        return subject, stream, headers, payload
+        spec = self.catalog.stream_for(subject)
+        encoded_headers, payload = encode_nats(event, mode=self.mode)
+        if headers:
+            encoded_headers.update(headers)
+        encoded_headers[MSG_ID_HEADER] = dedup_id(event)
+        encoded_headers[EXPECTED_STREAM_HEADER] = spec.name
+        server_limit = self._nc.max_payload or 1 << 20
+        limit = min(server_limit, spec.max_msg_size) if spec.max_msg_size > 0 else server_limit
+        if len(payload) > limit:
+            raise MessageTooLargeError(
+                f"event is {len(payload)} bytes; the limit for {spec.name} is {limit} bytes",
+                size_bytes=len(payload),
+                limit_bytes=limit,
+                subject=subject,
+                event_id=event.id,
+            )
+        return PreparedMessage(subject, spec.name, encoded_headers, payload)
 
     @staticmethod
     def _result(event: CloudEvent, subject: str, ack: PubAck) -> PublishResult:
@@ -117,22 +165,74 @@ class Publisher:
             duplicate=bool(ack.duplicate),
         )
 
-    async def publish(self, event: CloudEvent, *, subject: str | None = None) -> PublishResult:
+    async def publish(
+        self,
+        event: CloudEvent,
+        *,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PublishResult:
         """Publish one event and wait for its PubAck.
+
+        Args:
+            event: The event.
+            subject: Override the subject derived from the type (it must still be captured).
+            headers: Extra NATS headers (e.g. trace context from an HTTP request).
 
         Raises:
             NoStreamForSubjectError: no stream captures the subject (nothing was sent).
+            MessageTooLargeError: the event is over the size limit (nothing was sent).
             PublishTimeoutError: no PubAck after every attempt (a later retry deduplicates).
-            PublishError: JetStream refused the message (e.g. too large, stream mismatch).
+            PublishError: JetStream refused the message (e.g. stream mismatch).
         """
-        subject, _stream, headers, payload = self._prepare(event, subject)
+        if self.tracer is None:
+            return await self._publish(event, subject, headers)
+        from backbone.telemetry import producer_span, trace_extensions  # noqa: PLC0415
+
+        with producer_span(
+            self.tracer,
+            subject=subject or subject_for(event.type),
+            message_id=event.id,
+            event_type=event.type,
+        ):
+            context = trace_extensions()
+            if context:
+                event = event.with_extensions(**context)
+            return await self._publish(event, subject, {**(headers or {}), **context})
+
+    async def _publish(
+        self, event: CloudEvent, subject: str | None, headers: Mapping[str, str] | None
+    ) -> PublishResult:
+        started = time.perf_counter()
+        try:
+            message = self.prepare(event, subject=subject, headers=headers)
+            ack = await self._send_with_retries(event, message)
+        except BackboneError as exc:
+            if self.metrics is not None:
+                self.metrics.record_publish_failure(event_type=event.type, error=type(exc).__name__)
+            raise
+        if self.metrics is not None:
+            self.metrics.record_published(
+                stream=ack.stream,
+                event_type=event.type,
+                latency_s=time.perf_counter() - started,
+                duplicate=bool(ack.duplicate),
+            )
+        return self._result(event, message.subject, ack)
+
+    async def _send_with_retries(self, event: CloudEvent, message: PreparedMessage) -> PubAck:
+        subject = message.subject
         wait_s = self.retry_wait_s
         for attempt in range(1, self.attempts + 1):
             try:
-                ack = await self._js.publish(subject, payload, timeout=self.timeout_s, headers=headers)
+                return await self._js.publish(
+                    subject, message.payload, timeout=self.timeout_s, headers=message.headers
+                )
             except _RETRYABLE as exc:
                 if attempt == self.attempts:
-                    if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
+                    if isinstance(
+                        exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError
+                    ):
                         raise PublishError(
                             f"no JetStream stream answered for {subject} (streams not applied? "
                             "run `backbone streams apply`)",
@@ -153,8 +253,6 @@ class Publisher:
                     subject=subject,
                     event_id=event.id,
                 ) from exc
-            else:
-                return self._result(event, subject, ack)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def publish_many(
@@ -163,20 +261,35 @@ class Publisher:
         """Publish events pipelined, at most ``window`` unacknowledged at a time.
 
         Order of storage follows the order of ``events`` (one connection, one writer), except for
-        events whose first attempt failed and were retried after the others. Each entry of the result is the :class:`PublishResult` of the event at the
-        same index, or the :class:`PublishError` that prevented it (after the same bounded
-        retries as :meth:`publish`); nothing is reported stored that was not acknowledged.
+        events whose first attempt failed and were retried after the others. Each entry of the
+        result is the :class:`PublishResult` of the event at the same index, or the error that
+        prevented it (after the same bounded retries as :meth:`publish`); nothing is reported
+        stored that was not acknowledged. One ``send`` span covers the whole batch.
         """
+        span = (
+            self.tracer.start_as_current_span(f"send batch ({len(events)})")
+            if self.tracer is not None
+            else nullcontext()
+        )
+        with span:
+            return await self._publish_many(events, window)
+
+    async def _publish_many(  # noqa: C901 - one pipeline loop; splitting it hides the flow
+        self, events: Sequence[CloudEvent], window: int
+    ) -> list[PublishResult | BackboneError]:
         results: list[PublishResult | BackboneError | None] = [None] * len(events)
-        in_flight: dict[asyncio.Future[PubAck], tuple[int, str]] = {}
+        in_flight: dict[asyncio.Future[PubAck], tuple[int, str, float]] = {}
         retry: list[int] = []
 
-        async def settle(done: set[asyncio.Future[PubAck]]) -> None:
+        def settle(done: set[asyncio.Future[PubAck]]) -> None:
+            now = time.perf_counter()
             for future in done:
-                index, subject = in_flight.pop(future)
-                exc = future.exception()
-                if exc is None:
-                    results[index] = self._result(events[index], subject, future.result())
+                index, subject, started = in_flight.pop(future)
+                exc = None if future.cancelled() else future.exception()
+                if future.cancelled() or (
+                    exc is not None and not isinstance(exc, nats.js.errors.APIError)
+                ):
+                    retry.append(index)
                 elif isinstance(exc, nats.js.errors.APIError):
                     results[index] = PublishError(
                         f"JetStream refused {subject}: {exc.description or exc}",
@@ -184,11 +297,19 @@ class Publisher:
                         event_id=events[index].id,
                     )
                 else:
-                    retry.append(index)
+                    ack = future.result()
+                    results[index] = self._result(events[index], subject, ack)
+                    if self.metrics is not None:
+                        self.metrics.record_published(
+                            stream=ack.stream,
+                            event_type=events[index].type,
+                            latency_s=now - started,
+                            duplicate=bool(ack.duplicate),
+                        )
 
         for index, event in enumerate(events):
             try:
-                subject, _stream, headers, payload = self._prepare(event, None)
+                message = self.prepare(event)
             except BackboneError as exc:  # an event that cannot be routed fails alone
                 results[index] = exc
                 continue
@@ -198,26 +319,30 @@ class Publisher:
                 )
                 if not done:
                     self._expire(in_flight, retry)
-                await settle(done)
-            future = await self._js.publish_async(subject, payload, headers=headers)
-            in_flight[future] = (index, subject)
+                settle(done)
+            future = await self._js.publish_async(
+                message.subject, message.payload, headers=message.headers
+            )
+            in_flight[future] = (index, message.subject, time.perf_counter())
         while in_flight:
             done, _ = await asyncio.wait(in_flight, timeout=self.timeout_s)
             if not done:
                 self._expire(in_flight, retry)
-            await settle(done)
+            settle(done)
         # Stragglers (timeouts, reconnects) go through the sequential path with its retries.
         for index in sorted(retry):
             try:
-                results[index] = await self.publish(events[index])
+                results[index] = await self._publish(events[index], None, None)
             except BackboneError as exc:
                 results[index] = exc
         return [r if r is not None else PublishError("not attempted") for r in results]
 
     @staticmethod
-    def _expire(in_flight: dict[asyncio.Future[PubAck], tuple[int, str]], retry: list[int]) -> None:
+    def _expire(
+        in_flight: dict[asyncio.Future[PubAck], tuple[int, str, float]], retry: list[int]
+    ) -> None:
         # No PubAck within the timeout: give those up here and retry them one by one afterwards.
-        for future, (index, _subject) in list(in_flight.items()):
+        for future, (index, _subject, _started) in list(in_flight.items()):
             future.cancel()
             retry.append(index)
             del in_flight[future]

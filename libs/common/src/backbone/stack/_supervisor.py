@@ -13,10 +13,12 @@ import shlex
 import sys
 import xmlrpc.client
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class Program:
     directory: Path | None = None
 
 
-def write_config(path: Path, *, programs: list[Program], socket_path: Path, logs_dir: Path, pid_file: Path) -> None:
+def write_config(
+    path: Path, *, programs: list[Program], socket_path: Path, logs_dir: Path, pid_file: Path
+) -> None:
     """Write a supervisord.conf running ``programs`` with restarts and per-program logs."""
     config = configparser.RawConfigParser()
     config["unix_http_server"] = {"file": str(socket_path), "chmod": "0700"}
@@ -72,7 +76,8 @@ def write_config(path: Path, *, programs: list[Program], socket_path: Path, logs
         }
         if program.environment:
             section["environment"] = ",".join(
-                f'{key}="{value.replace(chr(34), "")}"' for key, value in program.environment.items()
+                f'{key}="{value.replace(chr(34), "")}"'
+                for key, value in program.environment.items()
             )
         if program.user:
             section["user"] = program.user
@@ -125,7 +130,7 @@ class SupervisorClient:
     def stop(self, name: str) -> None:
         """Stop a program (no error if it is not running)."""
         try:
-            self._rpc.stopProcess(name, True)
+            self._rpc.stopProcess(name, True)  # noqa: FBT003 - XML-RPC is positional
         except xmlrpc.client.Fault as fault:
             if "NOT_RUNNING" not in fault.faultString:
                 raise

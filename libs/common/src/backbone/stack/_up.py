@@ -39,6 +39,8 @@ STATE_DIR = Path(".backbone")
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
 POSTGRES_PORT = 54329
+NATS_HEALTH = "/healthz?js-enabled-only=true"
+HTTP_OK = 200
 _FATAL_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 60.0)
 
 
@@ -73,7 +75,9 @@ def repo_root() -> Path:
     for directory in (here, *here.parents):
         if (directory / "deploy" / "streams.yaml").is_file():
             return directory
-    raise ConfigError("run `backbone up` inside the Backbone checkout (no deploy/streams.yaml found)")
+    raise ConfigError(
+        "run `backbone up` inside the Backbone checkout (no deploy/streams.yaml found)"
+    )
 
 
 def load_stack_file(path: Path) -> list[ServiceSpec]:
@@ -91,7 +95,9 @@ def load_stack_file(path: Path) -> list[ServiceSpec]:
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: bad service entry {item!r}: {exc}", variable=str(path)) from exc
+            raise ConfigError(
+                f"{path}: bad service entry {item!r}: {exc}", variable=str(path)
+            ) from exc
     return services
 
 
@@ -114,7 +120,13 @@ def _http_status(url: str) -> int | None:
 class Stack:
     """Builds and runs the local stack."""
 
-    def __init__(self, root: Path, *, postgres_dsn_override: str | None = None, services: list[ServiceSpec] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        postgres_dsn_override: str | None = None,
+        services: list[ServiceSpec] | None = None,
+    ) -> None:
         self.root = root
         self.state = root / STATE_DIR
         self.logs = self.state / "logs"
@@ -122,7 +134,9 @@ class Stack:
         self.config_path = self.state / "supervisord.conf"
         self.info_path = self.state / "stack.json"
         self.external_dsn = postgres_dsn_override
-        self.services = services if services is not None else load_stack_file(root / "deploy" / "stack.yaml")
+        self.services = (
+            services if services is not None else load_stack_file(root / "deploy" / "stack.yaml")
+        )
         self.client = SupervisorClient(self.socket)
         self._proc: subprocess.Popen[bytes] | None = None
         self._fatal_since: dict[str, int] = {}
@@ -164,7 +178,9 @@ class Stack:
                     config_file=self.root / "deploy" / "nats" / "local.conf",
                 )
                 if (self.root / "deploy" / "nats" / "local.conf").exists()
-                else nats_server_command(port=NATS_PORT, store_dir=self.state / "nats", monitor_port=NATS_MONITOR_PORT),
+                else nats_server_command(
+                    port=NATS_PORT, store_dir=self.state / "nats", monitor_port=NATS_MONITOR_PORT
+                ),
                 priority=10,
                 stop_wait_s=30,
             )
@@ -196,7 +212,9 @@ class Stack:
     def start_infrastructure(self) -> None:
         """Write the config, start supervisord, wait for NATS and PostgreSQL."""
         if self.client.alive():
-            raise BackboneError("a stack is already running here: `backbone status`, or `backbone down` first")
+            raise BackboneError(
+                "a stack is already running here: `backbone status`, or `backbone down` first"
+            )
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.state / "nats").mkdir(parents=True, exist_ok=True)
         if self.external_dsn is None:
@@ -225,7 +243,7 @@ class Stack:
         self._wait("supervisord", self.client.alive, 15)
         self._wait(
             "nats-server",
-            lambda: _http_status(f"http://127.0.0.1:{NATS_MONITOR_PORT}/healthz?js-enabled-only=true") == 200,  # noqa: PLR2004
+            lambda: _http_status(f"http://127.0.0.1:{NATS_MONITOR_PORT}{NATS_HEALTH}") == HTTP_OK,
             30,
         )
         self._wait("PostgreSQL", self._postgres_ready, 60)
@@ -243,7 +261,9 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             if self._proc is not None and self._proc.poll() is not None:
-                raise BackboneError(f"supervisord exited ({self._proc.returncode}); see {self.logs}")
+                raise BackboneError(
+                    f"supervisord exited ({self._proc.returncode}); see {self.logs}"
+                )
             if time.monotonic() > deadline:
                 raise BackboneError(f"{what} not ready after {timeout_s:.0f}s; see {self.logs}/")
             time.sleep(0.1)
@@ -356,7 +376,7 @@ def status_rows(root: Path) -> list[dict[str, Any]]:
         elif name in info.services:
             port = info.services[name]
             code = _http_status(f"http://127.0.0.1:{port}/readyz")
-            row["health"] = {200: "ready", 503: "not ready"}.get(code or 0, "down")  # noqa: PLR2004
+            row["health"] = {200: "ready", 503: "not ready"}.get(code or 0, "down")
             row["endpoint"] = f"http://127.0.0.1:{port}"
         rows.append(row)
     return rows

@@ -1,0 +1,1 @@
+"""Implementation of `backbone.events` (private; import from `backbone.events`)."""

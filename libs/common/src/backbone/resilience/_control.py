@@ -1,0 +1,237 @@
+"""Remote control of a service's resilience instances over core NATS request/reply.
+
+Every process using the library can answer on ``backbone.control.<service>.resilience``. The
+subscription is deliberately *not* a queue group: each replica holds its own breakers, so each
+must act and answer; the caller (:func:`request_all`, the ``backbone resilience`` CLI, the
+anomaly detector, the chaos agent) gathers replies until a short timeout.
+
+Request (JSON)::
+
+    {"op": "list" | "force_open" | "close" | "disable" | "reset" | "metrics_only",
+     "name": "github-api"}            # optional; omitted = every instance
+
+``force_open``, ``close``, ``disable`` and ``metrics_only`` act on circuit breakers; ``reset``
+acts on every kind (a breaker goes back to CLOSED with an empty window, a bulkhead to its
+configured limit, a limiter to a full bucket, a retry forgets its success rate). ``list`` returns
+every instance. The reply::
+
+    {"service": "...", "replica": "host-pid-xxxx", "ok": true, "op": "...",
+     "instances": [{"kind": ..., "name": ..., "state": ..., ...}], "error": null}
+
+Every mutating request is also emitted as a ``system.resilience.control.<service>.<op>`` event,
+so operator actions land in the audit trail when a sink is attached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import orjson
+
+from backbone.resilience._breaker import CircuitBreaker
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from backbone.resilience._registry import ResilienceRegistry
+
+__all__ = [
+    "CONTROL_OPS",
+    "ResilienceControl",
+    "control_subject",
+    "request_all",
+]
+
+logger = logging.getLogger("backbone.resilience")
+
+CONTROL_OPS: Final = frozenset({"list", "force_open", "close", "disable", "reset", "metrics_only"})
+_BREAKER_OPS: Final = {
+    "force_open": CircuitBreaker.transition_to_forced_open,
+    "close": CircuitBreaker.transition_to_closed,
+    "disable": CircuitBreaker.transition_to_disabled,
+    "metrics_only": CircuitBreaker.transition_to_metrics_only,
+}
+
+
+def control_subject(service: str) -> str:
+    """``backbone.control.<service>.resilience``."""
+    if not service or any(c in service for c in " .*>"):
+        msg = f"service name {service!r} must be one non-empty subject token"
+        raise ValueError(msg)
+    return f"backbone.control.{service}.resilience"
+
+
+class ResilienceControl:
+    """Answers remote-control requests for one registry.
+
+    Args:
+        registry: The instances to control.
+        nc: A connected NATS client.
+        service: The service name (one subject token).
+        replica: This process's id in replies; ``<host>-<pid>-<random>`` by default.
+    """
+
+    def __init__(
+        self,
+        registry: ResilienceRegistry,
+        nc: Client,
+        *,
+        service: str,
+        replica: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.nc = nc
+        self.service = service
+        self.subject = control_subject(service)
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe (every replica, no queue group)."""
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        """Unsubscribe."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            request = orjson.loads(msg.data)
+        except orjson.JSONDecodeError as exc:
+            reply = self._reply("?", ok=False, error=f"request is not JSON: {exc}")
+        else:
+            reply = self.handle(request)
+        if msg.reply:
+            try:
+                await msg.respond(orjson.dumps(reply))
+            except Exception:
+                logger.exception("cannot answer resilience control request")
+
+    def handle(self, request: Any) -> dict[str, Any]:  # noqa: ANN401, C901, PLR0911 - decoded JSON
+        """Apply one request and build the reply (no I/O; unit-testable)."""
+        if not isinstance(request, dict):
+            return self._reply("?", ok=False, error="request must be a JSON object")
+        op = request.get("op")
+        name = request.get("name")
+        if op not in CONTROL_OPS:
+            return self._reply(
+                str(op), ok=False, error=f"unknown op {op!r}; expected one of {sorted(CONTROL_OPS)}"
+            )
+        if name is not None and not isinstance(name, str):
+            return self._reply(op, ok=False, error="name must be a string")
+        registry = self.registry
+        if op == "list":
+            return self._reply(op, ok=True, instances=registry.snapshot(name=name))
+        if op == "reset":
+            targets = registry.find(name=name)
+            if name is not None and not targets:
+                return self._reply(op, ok=False, error=f"no instance named {name!r}")
+            for instance in targets:
+                instance.reset()
+        else:
+            breakers = registry.find(kind="circuitbreaker", name=name)
+            if name is not None and not breakers:
+                return self._reply(op, ok=False, error=f"no circuit breaker named {name!r}")
+            action = _BREAKER_OPS[op]
+            for breaker in breakers:
+                if isinstance(breaker, CircuitBreaker):
+                    action(breaker)
+            targets = breakers
+        logger.warning(
+            "resilience control: %s on %s (%d instance(s))", op, name or "*", len(targets)
+        )
+        registry.events.emit(
+            "control",
+            self.service,
+            op,
+            {"target": name, "replica": self.replica, "instances": [t.name for t in targets]},
+        )
+        return self._reply(op, ok=True, instances=[t.metrics() for t in targets])
+
+    def _reply(
+        self,
+        op: str,
+        *,
+        ok: bool,
+        instances: list[dict[str, Any]] | None = None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "replica": self.replica,
+            "op": op,
+            "ok": ok,
+            "instances": instances or [],
+            "error": error,
+        }
+
+
+async def request_all(
+    nc: Client,
+    service: str,
+    op: str,
+    *,
+    name: str | None = None,
+    timeout_s: float = 1.0,
+    expected_replies: int | None = None,
+) -> list[dict[str, Any]]:
+    """Send one control request and gather every replica's reply.
+
+    Args:
+        nc: A connected NATS client.
+        service: The service to address.
+        op: One of :data:`CONTROL_OPS`.
+        name: The instance name, or None for all.
+        timeout_s: How long to wait for replies (there is no way to know how many replicas exist).
+        expected_replies: Return as soon as this many replies arrived.
+
+    Returns:
+        The replies, in arrival order (empty when nobody answered).
+    """
+    if op not in CONTROL_OPS:
+        msg = f"unknown op {op!r}; expected one of {sorted(CONTROL_OPS)}"
+        raise ValueError(msg)
+    inbox = nc.new_inbox()
+    replies: list[dict[str, Any]] = []
+    enough = asyncio.Event()
+
+    async def on_reply(msg: Msg) -> None:
+        try:
+            replies.append(orjson.loads(msg.data))
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring a malformed resilience control reply")
+            return
+        if expected_replies is not None and len(replies) >= expected_replies:
+            enough.set()
+
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    try:
+        body: dict[str, Any] = {"op": op}
+        if name is not None:
+            body["name"] = name
+        await nc.publish(control_subject(service), orjson.dumps(body), reply=inbox)
+        await nc.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(enough.wait(), timeout_s)
+    finally:
+        await sub.unsubscribe()
+    return replies

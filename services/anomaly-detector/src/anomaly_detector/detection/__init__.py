@@ -1,0 +1,60 @@
+"""Detection core of the anomaly detector: streaming, causal, bounded memory, no NATS.
+
+Every detector scores a point using only the points before it, then learns it; memory per
+series is bounded by its configuration. One parameter set serves every series.
+
+API::
+
+    from anomaly_detector.detection import (
+        AdaptiveThreshold, DetectorBank, Feedback, MultivariateDetector, RiverDetector,
+        SeriesConfig, SeriesDetector,
+    )
+
+    det = SeriesDetector(SeriesConfig(warmup_points=600))
+    s = det.update(timestamp_s, value)        # -> Score
+    s.score, s.is_anomaly, s.novelty, s.expected, s.contributions
+
+    bank = DetectorBank(SeriesConfig(), max_series=5_000)   # LRU-bounded, keyed (entity, metric)
+    s = bank.update("orders", "latency_p99_ms", timestamp_s, value)
+
+    mv = MultivariateDetector(["rate", "error_share", "latency_ms", "pending"])
+    m = mv.update(timestamp_s, {"rate": 120.0, ...})   # -> MultivariateScore
+    m.score, m.is_anomaly, m.top_features             # top_features: root-cause hints
+
+    cut = AdaptiveThreshold(target_rate=0.01)
+    cut.observe(score) -> bool                        # judge, then learn the score
+    cut.feedback("false_positive", score=0.83)        # or "missed": moves the cut
+
+* :class:`SeriesDetector` (the NAB-scored one): downsampled pattern kNN novelty, calibrated
+  against the series' own recent novelty, with alert suppression (one incident, one alert).
+  ``Score.score`` is in [0, 1); ``is_anomaly`` marks alerts.
+* :class:`MultivariateDetector`: IsolationForest refit on a sliding window of a service's
+  metric vector; per-metric robust z-scores as contributions.
+* :class:`RiverDetector`: river's online HalfSpaceTrees, a second opinion.
+* :class:`AdaptiveThreshold`: quantile cut of recent scores, moved by operator feedback.
+
+Errors: :class:`DetectorConfigError` (a ``backbone.errors.ConfigError``) for bad knobs,
+:class:`DetectionError` (a ``BackboneError``) for misuse.
+"""
+
+from anomaly_detector.detection._bank import DetectorBank, SeriesKey
+from anomaly_detector.detection._errors import DetectionError, DetectorConfigError
+from anomaly_detector.detection._multivariate import MultivariateDetector, MultivariateScore
+from anomaly_detector.detection._river import RiverDetector
+from anomaly_detector.detection._series import Score, SeriesConfig, SeriesDetector
+from anomaly_detector.detection._threshold import AdaptiveThreshold, Feedback
+
+__all__ = [
+    "AdaptiveThreshold",
+    "DetectionError",
+    "DetectorBank",
+    "DetectorConfigError",
+    "Feedback",
+    "MultivariateDetector",
+    "MultivariateScore",
+    "RiverDetector",
+    "Score",
+    "SeriesConfig",
+    "SeriesDetector",
+    "SeriesKey",
+]

@@ -1,0 +1,1 @@
+"""Backbone event-gateway: CloudEvents over HTTP and webhooks into JetStream."""

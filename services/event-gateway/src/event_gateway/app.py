@@ -1,0 +1,439 @@
+"""The Starlette application: routes, request telemetry, and the lifespan that wires NATS.
+
+``create_app(settings)`` builds everything that can fail on configuration (keys, streams file)
+at once, so a bad setting stops the process before it listens; the lifespan then connects to
+NATS, starts the schema cache and the metrics reporter, and tears them down after uvicorn has
+finished the requests in flight (graceful shutdown on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import nats.errors
+from opentelemetry.context import attach, detach
+from opentelemetry.trace import (
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    get_current_span,
+)
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from backbone.messaging import Publisher, connect, load_catalog
+from backbone.ops import ops_routes
+from backbone.resilience import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    KeyedRateLimiter,
+    RateLimiter,
+    RateLimiterConfig,
+)
+from backbone.schemas import SchemaCache
+from backbone.settings import load_settings
+from backbone.telemetry import Metrics, MetricsReporter, extract_trace_context, setup_telemetry
+from event_gateway.auth import KeyStore
+from event_gateway.handlers import Handlers, Runtime
+from event_gateway.pii import PiiPolicy
+from event_gateway.problems import ProblemError
+from event_gateway.service import GatewayService, Limits, is_size_error
+from event_gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from backbone.messaging import StreamCatalog
+    from backbone.telemetry import Telemetry
+
+SERVICE_NAME: Final = "event-gateway"
+TRACE_ID_HEADER: Final = b"x-trace-id"
+_UNTRACED: Final = frozenset({"/livez", "/readyz", "/metrics"})
+
+_log = logging.getLogger(__name__)
+
+
+def _route_label(path: str) -> str:
+    if path.startswith("/v1/webhooks/"):
+        return "/v1/webhooks/github" if path == "/v1/webhooks/github" else "/v1/webhooks/{name}"
+    if path in {"/v1/events", "/v1/events/stream", "/openapi.yaml", "/openapi.json"}:
+        return path
+    return "other"
+
+
+class RequestTelemetry:
+    """Pure ASGI middleware: tracing, request metrics and the ingest fast path.
+
+    * A SERVER span per request continues the caller's ``traceparent``; the trace id is returned
+      in ``X-Trace-Id`` and ``traceresponse``. When spans are not exported (no OTLP endpoint),
+      no span is recorded: the caller's context is only made current, so events still carry it.
+    * Requests are counted by route and status, with a duration histogram.
+    * ``POST /v1/events`` goes straight to its handler: Starlette's router and exception
+      middlewares cost more per request than the whole publish (see bench/bench_gateway.py).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        telemetry: Telemetry,
+        metrics: Metrics,
+        handlers: Handlers,
+        record_spans: bool,
+    ) -> None:
+        self.app = app
+        self.tracer = telemetry.tracer("event_gateway")
+        self.record_spans = record_spans
+        self.handlers = handlers
+        self.requests = metrics.counter(
+            "gateway_requests", "HTTP requests by route and status.", ("route", "status")
+        )
+        self.duration = metrics.histogram(
+            "gateway_request_duration_seconds", "HTTP request duration.", ("route",)
+        )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI scope."""
+        if scope["type"] != "http" or scope["path"] in _UNTRACED:
+            await self.app(scope, receive, send)
+            return
+        carrier: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in {b"traceparent", b"tracestate"}:
+                carrier[name.decode("latin-1")] = value.decode("latin-1")
+        route = _route_label(scope["path"])
+        method = scope["method"]
+        parent = extract_trace_context(carrier) if carrier else None
+        start = time.perf_counter()
+        status_code = 500
+        trace_headers: list[tuple[bytes, bytes]] = []
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                if trace_headers:
+                    message["headers"] = [*message.get("headers", []), *trace_headers]
+            await send(message)
+
+        try:
+            if self.record_spans:
+                with self.tracer.start_as_current_span(
+                    f"{method} {route}",
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes={"http.request.method": method, "http.route": route},
+                ) as span:
+                    trace_headers.extend(_trace_headers(span.get_span_context()))
+                    try:
+                        await self._dispatch(scope, receive, send_with_trace, route, method)
+                    finally:
+                        _end_server_span(span, status_code)
+            elif parent is not None:
+                trace_headers.extend(_trace_headers(get_current_span(parent).get_span_context()))
+                token = attach(parent)
+                try:
+                    await self._dispatch(scope, receive, send_with_trace, route, method)
+                finally:
+                    detach(token)
+            else:
+                await self._dispatch(scope, receive, send_with_trace, route, method)
+        finally:
+            self._count(route, status_code, time.perf_counter() - start)
+
+    def _count(self, route: str, status_code: int, duration_s: float) -> None:
+        # Labelled children cached: `.labels()` validates and locks on every call.
+        children = self._children.get((route, status_code))
+        if children is None:
+            children = self._children[(route, status_code)] = (
+                self.requests.labels(route, str(status_code)),
+                self.duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(duration_s)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, route: str, method: str
+    ) -> None:
+        if route == "/v1/events" and method == "POST":
+            await self.handlers.post_events_asgi(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _end_server_span(span: Span, status_code: int) -> None:
+    span.set_attribute("http.response.status_code", status_code)
+    if status_code >= 500:  # noqa: PLR2004 - server errors mark the span
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def _trace_headers(context: SpanContext) -> list[tuple[bytes, bytes]]:
+    if not context.is_valid:
+        return []
+    trace_id = format(context.trace_id, "032x").encode("ascii")
+    span_id = format(context.span_id, "016x").encode("ascii")
+    return [
+        (TRACE_ID_HEADER, trace_id),
+        (b"traceresponse", b"00-%s-%s-%02x" % (trace_id, span_id, context.trace_flags)),
+    ]
+
+
+async def _http_problem(_: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    reason = {404: "not-found", 405: "method-not-allowed"}.get(status, "http-error")
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return ProblemError(status, reason, str(detail)).response()
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> Starlette:
+    """Build the gateway application.
+
+    Args:
+        settings: Settings; read from the environment when omitted.
+        telemetry: Tracing to use (tests pass one); created from settings otherwise.
+        span_exporter: Exporter for a telemetry created here (tests pass an in-memory one).
+
+    Raises:
+        ConfigError: invalid settings, key files or streams file.
+    """
+    settings = settings or load_settings(GatewaySettings)
+    section = settings.gateway
+    keys = KeyStore.from_settings(settings)
+    catalog = load_catalog(settings.streams_file)
+    pii = PiiPolicy(section.pii.policy, default_mode=section.pii.default_mode)
+    metrics = Metrics()
+    runtime = Runtime(settings, keys)
+    runtime.github_secret = _github_secret(settings)
+    if telemetry is None:
+        telemetry = setup_telemetry(settings, service_name=SERVICE_NAME, exporter=span_exporter)
+    handlers = Handlers(runtime)
+    # Spans that go nowhere are skipped on the hot path; trace context still flows through.
+    record_spans = telemetry.exporter is not None
+
+    lifespan = _lifespan(
+        settings,
+        runtime=runtime,
+        catalog=catalog,
+        metrics=metrics,
+        telemetry=telemetry,
+        pii=pii,
+        record_spans=record_spans,
+    )
+
+    routes = [
+        Route("/v1/events", handlers.post_events, methods=["POST"]),
+        Route("/v1/events/stream", handlers.tail, methods=["GET"]),
+        Route("/v1/webhooks/github", handlers.post_github, methods=["POST"]),
+        Route("/v1/webhooks/{name}", handlers.post_webhook, methods=["POST"]),
+        Route("/openapi.yaml", handlers.openapi_yaml, methods=["GET"]),
+        Route("/openapi.json", handlers.openapi_json, methods=["GET"]),
+        *ops_routes(
+            metrics,
+            readiness={
+                "nats": lambda: _service_check(runtime, "nats"),
+                "streams": lambda: _service_check(runtime, "streams"),
+                "schemas": lambda: _service_check(runtime, "schemas"),
+            },
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_problem},
+    )
+    app.add_middleware(
+        RequestTelemetry,
+        telemetry=telemetry,
+        metrics=metrics,
+        handlers=handlers,
+        record_spans=record_spans,
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    app.state.telemetry = telemetry
+    return app
+
+
+def _lifespan(
+    settings: GatewaySettings,
+    *,
+    runtime: Runtime,
+    catalog: StreamCatalog,
+    metrics: Metrics,
+    telemetry: Telemetry,
+    pii: PiiPolicy,
+    record_spans: bool,
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """Connect, start the schema cache and the reporter; undo it all after the last request."""
+    section = settings.gateway
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        nc = await connect(settings.nats, name=SERVICE_NAME)
+        cache: SchemaCache | None = None
+        reporter: MetricsReporter | None = None
+        try:
+            if section.schema_validation:
+                cache = await SchemaCache.start(
+                    nc.jetstream(), wait_ready_s=None, unknown_type_policy=section.unknown_types
+                )
+                with contextlib.suppress(TimeoutError):
+                    await cache.wait_ready(section.schema_wait_ready_s)
+                if not cache.ready:
+                    _log.warning("schema cache not warm yet; events are refused until it is")
+            publisher = Publisher(
+                nc,
+                catalog=catalog,
+                timeout_s=section.publish_timeout_s,
+                attempts=section.publish_attempts,
+                retry_wait_s=0.05,
+            )
+            runtime.service = _build_service(
+                settings,
+                nc=nc,
+                publisher=publisher,
+                catalog=catalog,
+                metrics=metrics,
+                telemetry=telemetry,
+                pii=pii,
+                cache=cache,
+                record_spans=record_spans,
+            )
+            if settings.telemetry.publish_metrics:
+                reporter = MetricsReporter(
+                    metrics,
+                    service=SERVICE_NAME,
+                    publish=publisher.publish,
+                    interval_s=settings.telemetry.metrics_interval_s,
+                    gauges={"gateway_in_flight_events": lambda: float(_in_flight(runtime))},
+                )
+                reporter.start()
+            _log.info("event gateway ready", extra={"keys": len(runtime.keys)})
+            yield
+        finally:
+            runtime.service = None
+            if reporter is not None:
+                await reporter.stop()
+            if cache is not None:
+                await cache.stop()
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await nc.drain()
+            telemetry.force_flush(timeout_s=5.0)
+
+    return lifespan
+
+
+async def _service_check(runtime: Runtime, name: str) -> bool:
+    service = runtime.service
+    if service is None:
+        return False
+    if name == "nats":
+        return service.nats_connected()
+    if name == "streams":
+        return await service.streams_present()
+    return service.schemas_warm()
+
+
+def _in_flight(runtime: Runtime) -> int:
+    return runtime.service.in_flight if runtime.service is not None else 0
+
+
+def _github_secret(settings: GatewaySettings) -> bytes | None:
+    section = settings.gateway
+    if section.github_secret is not None:
+        return section.github_secret.get_secret_value().encode("utf-8")
+    if section.github_secret_file is not None:
+        from backbone.errors import ConfigError  # noqa: PLC0415 - only on this path
+
+        try:
+            secret = section.github_secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {section.github_secret_file}: {exc}",
+                variable="BACKBONE_GATEWAY__GITHUB_SECRET_FILE",
+            ) from exc
+        return secret.encode("utf-8") or None
+    return None
+
+
+def _build_service(
+    settings: GatewaySettings,
+    *,
+    nc: Any,  # noqa: ANN401 - nats Client (untyped library)
+    publisher: Publisher,
+    catalog: Any,  # noqa: ANN401 - StreamCatalog
+    metrics: Metrics,
+    telemetry: Telemetry,
+    pii: PiiPolicy,
+    cache: SchemaCache | None,
+    record_spans: bool,
+) -> GatewayService:
+    section = settings.gateway
+    breaker = CircuitBreaker(
+        "event-gateway-publish",
+        CircuitBreakerConfig(
+            sliding_window_size=section.breaker.sliding_window_size,
+            minimum_calls=section.breaker.minimum_calls,
+            failure_rate_threshold=section.breaker.failure_rate_threshold,
+            wait_in_open_s=section.breaker.wait_in_open_s,
+            permitted_calls_in_half_open=1,
+        ),
+        # A too-large message says nothing about JetStream's health.
+        ignore_exception=is_size_error,
+    )
+    limits = section.rate_limit
+    key_limiter = global_limiter = None
+    if limits.enabled:
+        key_limiter = KeyedRateLimiter(
+            "event-gateway-key",
+            RateLimiterConfig(
+                rate_per_s=limits.per_key_per_s,
+                burst=limits.per_key_burst,
+                max_wait_s=0.0,
+                max_keys=limits.max_keys,
+            ),
+        )
+        global_limiter = RateLimiter(
+            "event-gateway-global",
+            RateLimiterConfig(
+                rate_per_s=limits.global_per_s, burst=limits.global_burst, max_wait_s=0.0
+            ),
+        )
+    return GatewayService(
+        nc=nc,
+        publisher=publisher,
+        catalog=catalog,
+        breaker=breaker,
+        limits=Limits(
+            max_event_bytes=section.max_event_bytes,
+            max_batch_bytes=section.max_batch_bytes,
+            max_batch_events=section.max_batch_events,
+            max_in_flight_events=section.max_in_flight_events,
+            retry_after_s=section.retry_after_s,
+            batch_deadline_s=section.publish_timeout_s * (section.publish_attempts + 1),
+        ),
+        metrics=metrics,
+        tracer=telemetry.tracer("event_gateway"),
+        pii=pii,
+        schemas=cache,
+        key_limiter=key_limiter,
+        global_limiter=global_limiter,
+        record_spans=record_spans,
+    )
