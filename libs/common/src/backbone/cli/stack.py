@@ -82,7 +82,7 @@ def up(
     try:
         for line in stack.provision():
             console.print(f"  provisioned {line}")
-        extra = {"logs": str(stack.logs)}
+        extra = {"logs": str(stack.logs), **stack.secrets}
         stack.write_info(extra)
         stack.start_services()
         use_live = sys.stdout.isatty() if live is None else live

@@ -20,7 +20,11 @@ from backbone.messaging._consume import (
     wait_until_idle,
 )
 from backbone.messaging._dlq import DLQ_STREAM, DeadLetter, list_dead_letters, replay_dead_letter
-from backbone.messaging._idempotency import IDEMPOTENCY_BUCKET, IdempotencyStore
+from backbone.messaging._idempotency import (
+    IDEMPOTENCY_BUCKET,
+    IdempotencyStore,
+    PostgresIdempotency,
+)
 from backbone.messaging._publish import (
     EXPECTED_STREAM_HEADER,
     MSG_ID_HEADER,
@@ -54,6 +58,7 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "IdempotencyStore",
+    "PostgresIdempotency",
     "PreparedMessage",
     "PublishResult",
     "Publisher",

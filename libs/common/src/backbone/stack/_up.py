@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def repo_root() -> Path:
 
 
 def load_stack_file(path: Path) -> list[ServiceSpec]:
-    """Read ``deploy/stack.yaml``."""
+    """Read the services of ``deploy/stack.yaml``."""
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     services = []
     for item in raw.get("services", []):
@@ -99,6 +100,24 @@ def load_stack_file(path: Path) -> list[ServiceSpec]:
                 f"{path}: bad service entry {item!r}: {exc}", variable=str(path)
             ) from exc
     return services
+
+
+def load_stack_secrets(path: Path) -> list[str]:
+    """Names of the generated secrets of ``deploy/stack.yaml``."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return [str(name) for name in raw.get("secrets", [])]
+
+
+def ensure_secret(state_dir: Path, name: str) -> str:
+    """The secret ``name`` under ``state_dir``, created once (random, mode 0600)."""
+    path = state_dir / name
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"bb_dev_{secrets.token_urlsafe(32)}\n")
+    path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
 
 
 def _resolve_command(command: list[str]) -> list[str]:
@@ -134,12 +153,13 @@ class Stack:
         self.config_path = self.state / "supervisord.conf"
         self.info_path = self.state / "stack.json"
         self.external_dsn = postgres_dsn_override
-        self.services = (
-            services if services is not None else load_stack_file(root / "deploy" / "stack.yaml")
-        )
+        stack_file = root / "deploy" / "stack.yaml"
+        self.services = services if services is not None else load_stack_file(stack_file)
+        self.secret_names = load_stack_secrets(stack_file) if stack_file.exists() else []
         self.client = SupervisorClient(self.socket)
         self._proc: subprocess.Popen[bytes] | None = None
         self._fatal_since: dict[str, int] = {}
+        self.secrets: dict[str, str] = {}
 
     # -- configuration -------------------------------------------------------------------------
     @property
@@ -163,7 +183,7 @@ class Stack:
             "BACKBONE_LOG_FORMAT": "json",
             "BACKBONE_TELEMETRY__SERVICE_NAME": spec.name,
             "PYTHONUNBUFFERED": "1",
-            **spec.env,
+            **{key: value.replace("{state}", str(self.state)) for key, value in spec.env.items()},
         }
 
     def programs(self) -> list[Program]:
@@ -217,6 +237,7 @@ class Stack:
             )
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.state / "nats").mkdir(parents=True, exist_ok=True)
+        self.secrets = {name: ensure_secret(self.state, name) for name in self.secret_names}
         if self.external_dsn is None:
             init_postgres_cluster(self.state / "pg", user=postgres_run_user())
         self.socket.unlink(missing_ok=True)

@@ -9,33 +9,11 @@ import numpy as np
 
 from anomaly_detector.detection._errors import DetectorConfigError
 
-# A pattern compared against the past needs at least two steps.
 _MIN_WINDOW = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SeriesConfig:
-    """Knobs of :class:`SeriesDetector`; one set serves every series (no per-series tuning).
-
-    Attributes:
-        warmup_points: Points learned before any alert may fire (NAB's "probation").
-        downsample: Raw points per downsampled step; 0 derives it from ``warmup_points`` so the
-            warm-up holds about ``13 * window`` steps.
-        window: Downsampled steps in one pattern (the unit compared against the past).
-        neighbours: Nearest past patterns averaged into the distance (k of kNN); k > 1 keeps
-            one lucky near-copy in a noisy series from hiding a change.
-        memory_steps: Past patterns remembered (ring buffer; bounds memory per series).
-        calibration_steps: Recent nearest-neighbour distances kept to calibrate novelty.
-        calibration_start: Fraction of the warm-up after which distances enter the
-            calibration (earlier ones are inflated by the near-empty memory).
-        alert_novelty: Novelty that raises an alert (1.0 = as novel as the most novel pattern
-            of the calibration period).
-        suppress_points: Raw points after an alert during which no new alert fires; 0 derives
-            it from ``warmup_points`` (a quarter of it).
-        quiet_scale: Factor applied to the score of points that raise no alert, so the alert
-            points rank first.
-    """
-
     warmup_points: int = 600
     downsample: int = 0
     window: int = 8
@@ -43,9 +21,15 @@ class SeriesConfig:
     memory_steps: int = 600
     calibration_steps: int = 600
     calibration_start: float = 0.5
+    calibration_quantile: float = 1.0
     alert_novelty: float = 0.7
     suppress_points: int = 0
     quiet_scale: float = 0.1
+    scales: str = "1"
+    rearm: float = 0.0
+    calib_skip_alert: int = 0
+    mode: str = "new"
+    decay: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -66,34 +50,17 @@ class SeriesConfig:
 
     @property
     def step_points(self) -> int:
-        """Raw points per downsampled step."""
         if self.downsample:
             return self.downsample
         return max(1, self.warmup_points // (13 * self.window))
 
     @property
     def suppress_for_points(self) -> int:
-        """Raw points of alert suppression after an alert."""
         return self.suppress_points or max(1, self.warmup_points // 4)
 
 
 @dataclass(frozen=True, slots=True)
 class Score:
-    """The verdict on one point.
-
-    Attributes:
-        timestamp: The point's timestamp (seconds, as given).
-        value: The point's value.
-        score: Alert strength in [0, 1): ``novelty / (1 + novelty)`` at an alert, scaled down
-            by ``quiet_scale`` elsewhere (0 between downsampled steps and during warm-up).
-        is_anomaly: True when this point raises an alert (past warm-up, not suppressed).
-        novelty: kNN distance of the current pattern over the largest distance of the
-            calibration period (> 1: more novel than anything seen recently).
-        expected: The median of the current pattern's nearest past patterns' last step: what
-            the past suggests this step should look like.
-        contributions: Named parts of the verdict, for root-cause hints.
-    """
-
     timestamp: float
     value: float
     score: float
@@ -103,115 +70,149 @@ class Score:
     contributions: dict[str, float] = field(default_factory=dict)
 
 
+class _Scale:
+    def __init__(self, cfg: SeriesConfig, factor: int) -> None:
+        self.cfg = cfg
+        self.factor = factor
+        self.pending: list[float] = []
+        self.ewma = math.nan
+        self.steps = np.zeros(cfg.window)
+        self.n_steps = 0
+        self.patterns = np.zeros((cfg.memory_steps, cfg.window))
+        self.n_patterns = 0
+        self.calib = np.zeros(cfg.calibration_steps)
+        self.n_calib = 0
+        self.ref = 0.0
+
+    def push(self, block: list[float]) -> float | None:
+        """Add one base block; returns the novelty when this scale completes a step."""
+        self.pending.extend(block)
+        if len(self.pending) < self.factor * len(block):
+            return None
+        vals = self.pending
+        mean = sum(vals) / len(vals)
+        self.ewma = mean if math.isnan(self.ewma) else 0.5 * (self.ewma + mean)
+        hi, lo = max(vals), min(vals)
+        rep = hi if abs(hi - self.ewma) >= abs(lo - self.ewma) else lo
+        self.pending = []
+        self.steps = np.roll(self.steps, -1)
+        self.steps[-1] = rep
+        self.n_steps += 1
+        if self.n_steps < self.cfg.window:
+            return None
+        return self._novelty(self.steps.copy())
+
+    def _novelty(self, pattern: np.ndarray) -> float:
+        cfg = self.cfg
+        usable = min(self.n_patterns, cfg.memory_steps) - cfg.window
+        m = cfg.memory_steps
+        dist = 0.0
+        if usable > 0:
+            newest = (self.n_patterns - 1) % m
+            skip = (newest - np.arange(cfg.window)) % m
+            mask = np.ones(min(self.n_patterns, m), dtype=bool)
+            mask[skip[skip < mask.shape[0]]] = False
+            past = self.patterns[: mask.shape[0]][mask]
+            diff = past - pattern
+            sq = np.einsum("ij,ij->i", diff, diff)
+            k = min(cfg.neighbours, sq.shape[0])
+            idx = np.argpartition(sq, k - 1)[:k]
+            dist = math.sqrt(float(sq[idx].mean()) / cfg.window)
+        self.patterns[self.n_patterns % m] = pattern
+        self.n_patterns += 1
+        self.last_dist = dist
+        n_cal = min(self.n_calib, cfg.calibration_steps)
+        if n_cal:
+            q = cfg.calibration_quantile
+            cal = self.calib[:n_cal]
+            ref = float(cal.max()) if q >= 1.0 else float(np.quantile(cal, q))
+        else:
+            ref = 0.0
+        self.ref = ref
+        if usable <= 0:
+            return 0.0
+        floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
+        return min(dist / max(ref, floor), 1e6)
+
+    def learn_calib(self) -> None:
+        self.calib[self.n_calib % self.cfg.calibration_steps] = self.last_dist
+        self.n_calib += 1
+
+
 class SeriesDetector:
-    """Causal anomaly detector for one univariate series.
-
-    Every ``step_points`` raw points the block is reduced to its most extreme value (so spikes
-    survive downsampling); the last ``window`` steps form a pattern whose mean distance to its
-    ``neighbours`` nearest remembered past patterns is the raw novelty (KNN-CAD's
-    nonconformity, ARTime's "no category fits"). The distance is divided by the largest
-    distance of the calibration period of the same series, so one set of knobs suits series of
-    any scale and noise. After an alert, alerts are suppressed for ``suppress_for_points``:
-    one incident, one alert. Memory is bounded by ``memory_steps`` and ``calibration_steps``.
-    """
-
     def __init__(self, config: SeriesConfig | None = None) -> None:
         self.config = config or SeriesConfig()
         cfg = self.config
         self._step = cfg.step_points
         self._block: list[float] = []
-        self._ewma = math.nan
-        self._steps = np.zeros(cfg.window, dtype=np.float64)
-        self._n_steps = 0
-        self._patterns = np.zeros((cfg.memory_steps, cfg.window), dtype=np.float64)
-        self._n_patterns = 0
-        self._calib = np.zeros(cfg.calibration_steps, dtype=np.float64)
-        self._n_calib = 0
+        self._scales = [_Scale(cfg, int(f)) for f in cfg.scales.split(",")]
         self._n_points = 0
         self._last_alert = -(10**18)
+        self._last_alert_novelty = 0.0
+        self._novelty = [0.0] * len(self._scales)
+        from collections import deque
+        self._recent: deque[tuple[int, float]] = deque()
+        self._level = 0.0
 
     @property
     def points_seen(self) -> int:
-        """Raw points processed so far."""
         return self._n_points
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the detector's buffers (bounded by the config)."""
-        return int(self._steps.nbytes + self._patterns.nbytes + self._calib.nbytes)
+        return int(sum(s.steps.nbytes + s.patterns.nbytes + s.calib.nbytes for s in self._scales))
 
     def update(self, timestamp: float, value: float) -> Score:
-        """Score one point using only the past, then learn it.
-
-        Args:
-            timestamp: The point's timestamp in seconds (echoed back only).
-            value: The observed value; a non-finite value is scored 0 and not learned.
-
-        Returns:
-            The point's :class:`Score`.
-        """
         if not math.isfinite(value):
             return Score(timestamp, value, 0.0, is_anomaly=False)
         self._n_points += 1
         self._block.append(value)
         if len(self._block) < self._step:
             return Score(timestamp, value, 0.0, is_anomaly=False)
-        rep = self._reduce_block()
-        self._block.clear()
-        return self._score_step(timestamp, value, rep)
-
-    def _reduce_block(self) -> float:
         block = self._block
-        mean = sum(block) / len(block)
-        self._ewma = mean if math.isnan(self._ewma) else 0.5 * (self._ewma + mean)
-        hi, lo = max(block), min(block)
-        return hi if abs(hi - self._ewma) >= abs(lo - self._ewma) else lo
-
-    def _score_step(self, timestamp: float, value: float, rep: float) -> Score:
-        cfg = self.config
-        self._steps = np.roll(self._steps, -1)
-        self._steps[-1] = rep
-        self._n_steps += 1
-        if self._n_steps < cfg.window:
+        self._block = []
+        fired = []
+        for i, sc in enumerate(self._scales):
+            nov = sc.push(block)
+            if nov is not None:
+                self._novelty[i] = nov
+                fired.append(sc)
+        if not fired:
             return Score(timestamp, value, 0.0, is_anomaly=False)
-        pattern = self._steps
-        novelty, expected = self._novelty(pattern)
-        self._patterns[self._n_patterns % cfg.memory_steps] = pattern
-        self._n_patterns += 1
+        cfg = self.config
+        novelty = max(self._novelty[i] for i, sc in enumerate(self._scales) if sc in fired)
         score = novelty / (1.0 + novelty)
         warm = self._n_points > cfg.warmup_points
-        suppressed = self._n_points - self._last_alert < cfg.suppress_for_points
-        is_anomaly = warm and not suppressed and novelty >= cfg.alert_novelty
-        if is_anomaly:
-            self._last_alert = self._n_points
+        since = self._n_points - self._last_alert
+        suppressed = since < cfg.suppress_for_points
+        if suppressed and cfg.rearm > 0 and novelty >= cfg.rearm * self._last_alert_novelty:
+            suppressed = False
+        if cfg.mode == "new":
+            R = cfg.suppress_for_points
+            while self._recent and self._n_points - self._recent[0][0] >= R:
+                self._recent.popleft()
+            if cfg.decay > 0:
+                prev = self._level * math.exp(-(self._step) / (cfg.decay * R))
+            else:
+                prev = max((v for _, v in self._recent), default=0.0)
+            top = novelty > max(cfg.rearm, 1.0) * prev
+            while self._recent and self._recent[-1][1] <= novelty:
+                self._recent.pop()
+            self._recent.append((self._n_points, novelty))
+            self._level = max(prev, novelty)
+            is_anomaly = warm and top and novelty >= cfg.alert_novelty
+            if not (warm and top):
+                score = score * cfg.quiet_scale if warm else 0.0
         else:
-            # Only alerts rank high: NAB (and an operator) values one early alert per incident.
-            score = score * cfg.quiet_scale if warm else 0.0
-        contributions = {"pattern_novelty": novelty, "step_value": rep, "expected": expected}
-        return Score(timestamp, value, score, is_anomaly, novelty, expected, contributions)
-
-    def _novelty(self, pattern: np.ndarray) -> tuple[float, float]:
-        cfg = self.config
-        # The newest `window` patterns overlap the current one: trivial matches, skip them.
-        usable = min(self._n_patterns, cfg.memory_steps) - cfg.window
-        if usable <= 0:
-            return 0.0, math.nan
-        newest = (self._n_patterns - 1) % cfg.memory_steps
-        skip = (newest - np.arange(cfg.window)) % cfg.memory_steps
-        mask = np.ones(min(self._n_patterns, cfg.memory_steps), dtype=bool)
-        mask[skip[skip < mask.shape[0]]] = False
-        past = self._patterns[: mask.shape[0]][mask]
-        diff = past - pattern
-        sq = np.einsum("ij,ij->i", diff, diff)
-        k = min(cfg.neighbours, sq.shape[0])
-        idx = np.argpartition(sq, k - 1)[:k]
-        dist = math.sqrt(float(sq[idx].mean()) / cfg.window)
-        expected = float(np.median(past[idx, -1]))
-        n_cal = min(self._n_calib, cfg.calibration_steps)
-        typical = float(self._calib[:n_cal].max()) if n_cal else 0.0
+            is_anomaly = warm and not suppressed and novelty >= cfg.alert_novelty
+            if is_anomaly:
+                self._last_alert = self._n_points
+                self._last_alert_novelty = novelty
+            else:
+                score = score * cfg.quiet_scale if warm else 0.0
         if self._n_points > cfg.warmup_points * cfg.calibration_start:
-            self._calib[self._n_calib % cfg.calibration_steps] = dist
-            self._n_calib += 1
-        # Tiny floor: a noiseless series (typical 0) makes any change infinitely novel, capped.
-        floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
-        return min(dist / max(typical, floor), 1e6), expected
+            skip = cfg.calib_skip_alert and since < cfg.calib_skip_alert
+            for sc in fired:
+                if not skip:
+                    sc.learn_calib()
+        return Score(timestamp, value, score, is_anomaly, novelty, math.nan, {})
