@@ -36,6 +36,7 @@ from backbone.stack._binaries import (
     nats_server_command,
     postgres_command,
     postgres_run_user,
+    run_as,
 )
 from backbone.stack._binaries import (
     postgres_dsn as make_postgres_dsn,
@@ -233,7 +234,9 @@ class PostgresServer:
         init_postgres_cluster(self.data_dir, user=user)
         cmd = postgres_command(data_dir=self.data_dir, port=self.port, fsync=self.fsync)
         with self.log_file.open("ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, user=user)  # noqa: S603
+            self._proc = subprocess.Popen(  # noqa: S603 - our own argv
+                cmd, stdout=log, stderr=subprocess.STDOUT, **run_as(user)
+            )
 
         def ready() -> bool:
             if self._proc is not None and self._proc.poll() is not None:

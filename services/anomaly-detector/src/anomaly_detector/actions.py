@@ -85,7 +85,7 @@ def _matches(metric: str, hints: tuple[str, ...]) -> bool:
     return any(hint in metric for hint in hints)
 
 
-def suggest(  # noqa: PLR0913 - one argument per fact of the finding
+def suggest(
     *,
     finding: str,
     entity: str,
@@ -225,7 +225,9 @@ class ActionGate:
         for ok, reason in checks:
             if not ok:
                 return Decision(apply=False, reason=reason)
-        return Decision(apply=True, reason="applied", expires_at_s=now + self.settings.expire_after_s)
+        return Decision(
+            apply=True, reason="applied", expires_at_s=now + self.settings.expire_after_s
+        )
 
     def record(self, action_id: str, suggestion: Suggestion) -> AppliedAction:
         """Note that ``suggestion`` was applied now; it expires after ``expire_after_s``."""
@@ -243,6 +245,10 @@ class ActionGate:
         for action in expired:
             del self._in_force[action.suggestion.target]
         return expired
+
+    def forget(self, target: str) -> None:
+        """Drop the action in force on ``target`` without reverting it (it did not take)."""
+        self._in_force.pop(target, None)
 
     @property
     def in_force(self) -> list[AppliedAction]:

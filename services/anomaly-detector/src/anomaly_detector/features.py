@@ -81,9 +81,9 @@ def owner_of(entity: str, replica_count: int) -> int:
 def iso(timestamp_s: float) -> str:
     """RFC 3339 UTC timestamp with millisecond precision."""
     return (
-        datetime.fromtimestamp(timestamp_s, UTC).isoformat(timespec="milliseconds").replace(
-            "+00:00", "Z"
-        )
+        datetime.fromtimestamp(timestamp_s, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -345,7 +345,9 @@ class TrendWindow:
         points = list(self._points)
         if len(points) < _MIN_TREND_POINTS:
             return None
-        slopes = [(v2 - v1) / (t2 - t1) for (t1, v1), (t2, v2) in combinations(points, 2) if t2 > t1]
+        slopes = [
+            (v2 - v1) / (t2 - t1) for (t1, v1), (t2, v2) in combinations(points, 2) if t2 > t1
+        ]
         if not slopes:
             return None
         slope = _median(slopes)

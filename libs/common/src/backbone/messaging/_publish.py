@@ -45,6 +45,12 @@ _RETRYABLE = (
 )
 
 
+# nats-py's default `publish_async_max_pending` per JetStream context.
+_NATS_PY_MAX_PENDING = 4000
+# (index in the batch, subject, send time, PubAck future)
+_Sent = tuple[int, str, float, "asyncio.Future[PubAck]"]
+
+
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     """Where JetStream stored an event (reported only after its PubAck)."""
@@ -274,61 +280,18 @@ class Publisher:
         with span:
             return await self._publish_many(events, window)
 
-    async def _publish_many(  # noqa: C901 - one pipeline loop; splitting it hides the flow
+    async def _publish_many(
         self, events: Sequence[CloudEvent], window: int
     ) -> list[PublishResult | BackboneError]:
         results: list[PublishResult | BackboneError | None] = [None] * len(events)
-        in_flight: dict[asyncio.Future[PubAck], tuple[int, str, float]] = {}
         retry: list[int] = []
-
-        def settle(done: set[asyncio.Future[PubAck]]) -> None:
-            now = time.perf_counter()
-            for future in done:
-                index, subject, started = in_flight.pop(future)
-                exc = None if future.cancelled() else future.exception()
-                if future.cancelled() or (
-                    exc is not None and not isinstance(exc, nats.js.errors.APIError)
-                ):
-                    retry.append(index)
-                elif isinstance(exc, nats.js.errors.APIError):
-                    results[index] = PublishError(
-                        f"JetStream refused {subject}: {exc.description or exc}",
-                        subject=subject,
-                        event_id=events[index].id,
-                    )
-                else:
-                    ack = future.result()
-                    results[index] = self._result(events[index], subject, ack)
-                    if self.metrics is not None:
-                        self.metrics.record_published(
-                            stream=ack.stream,
-                            event_type=events[index].type,
-                            latency_s=now - started,
-                            duplicate=bool(ack.duplicate),
-                        )
-
-        for index, event in enumerate(events):
-            try:
-                message = self.prepare(event)
-            except BackboneError as exc:  # an event that cannot be routed fails alone
-                results[index] = exc
-                continue
-            while len(in_flight) >= window:
-                done, _ = await asyncio.wait(
-                    in_flight, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    self._expire(in_flight, retry)
-                settle(done)
-            future = await self._js.publish_async(
-                message.subject, message.payload, headers=message.headers
-            )
-            in_flight[future] = (index, message.subject, time.perf_counter())
-        while in_flight:
-            done, _ = await asyncio.wait(in_flight, timeout=self.timeout_s)
-            if not done:
-                self._expire(in_flight, retry)
-            settle(done)
+        sent = await self._send_pipelined(events, window, results, retry)
+        pending = [future for *_rest, future in sent if not future.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=self.timeout_s)
+            for future in late:
+                future.cancel()
+        self._collect(events, sent, results, retry)
         # Stragglers (timeouts, reconnects) go through the sequential path with its retries.
         for index in sorted(retry):
             try:
@@ -337,12 +300,81 @@ class Publisher:
                 results[index] = exc
         return [r if r is not None else PublishError("not attempted") for r in results]
 
-    @staticmethod
-    def _expire(
-        in_flight: dict[asyncio.Future[PubAck], tuple[int, str, float]], retry: list[int]
+    async def _send_pipelined(
+        self,
+        events: Sequence[CloudEvent],
+        window: int,
+        results: list[PublishResult | BackboneError | None],
+        retry: list[int],
+    ) -> list[_Sent]:
+        sent: list[_Sent] = []
+        # A semaphore released by done-callbacks bounds the unacknowledged publishes; waiting on
+        # it only when the window is full keeps the per-event cost O(1).
+        slots = asyncio.Semaphore(max(1, min(window, _NATS_PY_MAX_PENDING)))
+
+        def release(_future: asyncio.Future[PubAck]) -> None:
+            slots.release()
+
+        for index, event in enumerate(events):
+            try:
+                message = self.prepare(event)
+            except BackboneError as exc:  # an event that cannot be routed fails alone
+                results[index] = exc
+                continue
+            if not slots.locked():
+                await slots.acquire()  # free slot: no suspension, no timer
+            else:
+                await self._wait_for_slot(slots, sent)
+            try:
+                # No wait_stall: nats-py's own pending limit (4000 per context, and this context
+                # is ours) is never reached because our window is capped below it, and passing
+                # a timeout costs a task per call.
+                future = await self._js.publish_async(
+                    message.subject, message.payload, headers=message.headers
+                )
+            except _RETRYABLE:
+                slots.release()
+                retry.append(index)
+                continue
+            future.add_done_callback(release)
+            sent.append((index, message.subject, time.perf_counter(), future))
+        return sent
+
+    async def _wait_for_slot(self, slots: asyncio.Semaphore, sent: list[_Sent]) -> None:
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=self.timeout_s)
+        except TimeoutError:
+            # No PubAck within the timeout: give the outstanding ones up for now; they are
+            # retried one by one afterwards (the dedup id makes that safe).
+            for *_rest, future in sent:
+                future.cancel()
+            await slots.acquire()
+
+    def _collect(
+        self,
+        events: Sequence[CloudEvent],
+        sent: list[_Sent],
+        results: list[PublishResult | BackboneError | None],
+        retry: list[int],
     ) -> None:
-        # No PubAck within the timeout: give those up here and retry them one by one afterwards.
-        for future, (index, _subject, _started) in list(in_flight.items()):
-            future.cancel()
-            retry.append(index)
-            del in_flight[future]
+        now = time.perf_counter()
+        for index, subject, started, future in sent:
+            exc = None if future.cancelled() else future.exception()
+            if isinstance(exc, nats.js.errors.APIError):
+                results[index] = PublishError(
+                    f"JetStream refused {subject}: {exc.description or exc}",
+                    subject=subject,
+                    event_id=events[index].id,
+                )
+            elif future.cancelled() or exc is not None:
+                retry.append(index)
+            else:
+                ack = future.result()
+                results[index] = self._result(events[index], subject, ack)
+                if self.metrics is not None:
+                    self.metrics.record_published(
+                        stream=ack.stream,
+                        event_type=events[index].type,
+                        latency_s=now - started,
+                        duplicate=bool(ack.duplicate),
+                    )

@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from backbone.errors import ConfigError
+from backbone.errors import BackboneError, ConfigError
 
 #: PostgreSQL refuses to run as root; when we are root we run it as this system user.
 POSTGRES_SYSTEM_USER = "backbone_pg"
@@ -96,6 +97,18 @@ def postgres_run_user() -> str | None:
     return POSTGRES_SYSTEM_USER
 
 
+def run_as(user: str | None) -> dict[str, Any]:
+    """``subprocess`` keyword arguments that run a child as ``user`` with *its* groups.
+
+    ``user=`` alone keeps root's group ids, and a directory whose group is root then denies
+    access through its group bits even when "other" may enter.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _give_to(path: Path, user: str | None) -> None:
     if user is None:
         return
@@ -123,6 +136,17 @@ def ensure_postgres_binaries_accessible(user: str | None) -> None:
         parent = parent.parent
 
 
+def _make_traversable(directory: Path, user: str | None) -> None:
+    # PostgreSQL runs as another user when we are root: every ancestor of its data directory
+    # must be searchable by it (temp dirs such as /tmp/pytest-of-root are 0700).
+    if user is None:
+        return
+    for current in (directory, *directory.parents):
+        mode = current.stat().st_mode
+        if not mode & 0o001:
+            current.chmod(mode | 0o001)
+
+
 def init_postgres_cluster(data_dir: Path, *, user: str | None) -> None:
     """Run ``initdb`` (trust auth on loopback, UTF-8) unless ``data_dir`` holds a cluster."""
     if (data_dir / "PG_VERSION").exists():
@@ -131,10 +155,8 @@ def init_postgres_cluster(data_dir: Path, *, user: str | None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     _give_to(data_dir, user)
-    # The parent directory must be traversable for the run user (temp dirs are 0700 as root).
-    parent = data_dir.parent
-    parent.chmod(parent.stat().st_mode | 0o011)
-    subprocess.run(  # noqa: S603 - fixed argv, no shell
+    _make_traversable(data_dir.parent, user)
+    result = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [
             str(postgres_bin_dir() / "initdb"),
             "-D",
@@ -145,10 +167,14 @@ def init_postgres_cluster(data_dir: Path, *, user: str | None) -> None:
             "--encoding=UTF8",
             "--no-sync",
         ],
-        check=True,
+        check=False,
         capture_output=True,
-        user=user,
+        **run_as(user),
     )
+    if result.returncode != 0:
+        raise BackboneError(
+            f"initdb failed for {data_dir}:\n{result.stderr.decode(errors='replace')[-2000:]}"
+        )
 
 
 def postgres_command(

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,22 @@ STATE_DIR = Path(".backbone")
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
 POSTGRES_PORT = 54329
+#: Shifts every port of the stack (NATS, monitor, PostgreSQL, services), so a second stack (or
+#: the end-to-end test) can run beside one on the default ports.
+PORT_OFFSET_ENV = "BACKBONE_STACK_PORT_OFFSET"
+
+
+def port_offset() -> int:
+    """The port shift from ``$BACKBONE_STACK_PORT_OFFSET`` (default 0)."""
+    raw = os.environ.get(PORT_OFFSET_ENV, "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{PORT_OFFSET_ENV} must be an integer, got {raw!r}", variable=PORT_OFFSET_ENV
+        ) from None
+
+
 NATS_HEALTH = "/healthz?js-enabled-only=true"
 HTTP_OK = 200
 _FATAL_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 60.0)
@@ -156,6 +172,11 @@ class Stack:
         stack_file = root / "deploy" / "stack.yaml"
         self.services = services if services is not None else load_stack_file(stack_file)
         self.secret_names = load_stack_secrets(stack_file) if stack_file.exists() else []
+        offset = port_offset()
+        self.nats_port = NATS_PORT + offset
+        self.monitor_port = NATS_MONITOR_PORT + offset
+        self.postgres_port = POSTGRES_PORT + offset
+        self.services = [replace(spec, http_port=spec.http_port + offset) for spec in self.services]
         self.client = SupervisorClient(self.socket)
         self._proc: subprocess.Popen[bytes] | None = None
         self._fatal_since: dict[str, int] = {}
@@ -165,12 +186,12 @@ class Stack:
     @property
     def nats_url(self) -> str:
         """Client URL of the stack's nats-server."""
-        return f"nats://127.0.0.1:{NATS_PORT}"
+        return f"nats://127.0.0.1:{self.nats_port}"
 
     @property
     def dsn(self) -> str:
         """DSN of the stack's PostgreSQL."""
-        return self.external_dsn or postgres_dsn(host="127.0.0.1", port=POSTGRES_PORT)
+        return self.external_dsn or postgres_dsn(host="127.0.0.1", port=self.postgres_port)
 
     def service_env(self, spec: ServiceSpec) -> dict[str, str]:
         """Environment of a service process: where NATS and PostgreSQL are, its HTTP port."""
@@ -188,18 +209,15 @@ class Stack:
 
     def programs(self) -> list[Program]:
         """nats-server, PostgreSQL (unless external) and the services, in start order."""
+        local_conf = self.root / "deploy" / "nats" / "local.conf"
         programs = [
             Program(
                 name="nats",
                 command=nats_server_command(
-                    port=NATS_PORT,
+                    port=self.nats_port,
                     store_dir=self.state / "nats",
-                    monitor_port=NATS_MONITOR_PORT,
-                    config_file=self.root / "deploy" / "nats" / "local.conf",
-                )
-                if (self.root / "deploy" / "nats" / "local.conf").exists()
-                else nats_server_command(
-                    port=NATS_PORT, store_dir=self.state / "nats", monitor_port=NATS_MONITOR_PORT
+                    monitor_port=self.monitor_port,
+                    config_file=local_conf if local_conf.exists() else None,
                 ),
                 priority=10,
                 stop_wait_s=30,
@@ -209,7 +227,7 @@ class Stack:
             programs.append(
                 Program(
                     name="postgres",
-                    command=postgres_command(data_dir=self.state / "pg", port=POSTGRES_PORT),
+                    command=postgres_command(data_dir=self.state / "pg", port=self.postgres_port),
                     user=postgres_run_user(),
                     stop_signal="INT",  # fast shutdown: abort transactions, checkpoint, exit
                     priority=20,
@@ -264,7 +282,7 @@ class Stack:
         self._wait("supervisord", self.client.alive, 15)
         self._wait(
             "nats-server",
-            lambda: _http_status(f"http://127.0.0.1:{NATS_MONITOR_PORT}{NATS_HEALTH}") == HTTP_OK,
+            lambda: _http_status(f"http://127.0.0.1:{self.monitor_port}{NATS_HEALTH}") == HTTP_OK,
             30,
         )
         self._wait("PostgreSQL", self._postgres_ready, 60)
@@ -319,7 +337,7 @@ class Stack:
             pid=os.getpid(),
             started_at=time.time(),
             nats_url=self.nats_url,
-            nats_monitor_url=f"http://127.0.0.1:{NATS_MONITOR_PORT}",
+            nats_monitor_url=f"http://127.0.0.1:{self.monitor_port}",
             postgres_dsn=self.dsn,
             embedded_postgres=self.external_dsn is None,
             services={spec.name: spec.http_port for spec in self.services},

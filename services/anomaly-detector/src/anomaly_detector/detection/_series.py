@@ -29,6 +29,9 @@ class SeriesConfig:
     rearm: float = 0.0
     calib_skip_alert: int = 0
     mode: str = "new"
+    calib: str = "ratio"
+    xi_max: float = 0.0
+    xi_min: float = 0.0
     decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -122,18 +125,41 @@ class _Scale:
         self.n_patterns += 1
         self.last_dist = dist
         n_cal = min(self.n_calib, cfg.calibration_steps)
-        if n_cal:
-            q = cfg.calibration_quantile
-            cal = self.calib[:n_cal]
-            ref = float(cal.max()) if q >= 1.0 else float(np.quantile(cal, q))
-        else:
-            ref = 0.0
-        self.ref = ref
-        if usable <= 0:
+        if usable <= 0 or n_cal < 10:
             return 0.0
+        cal = self.calib[:n_cal]
+        q = cfg.calibration_quantile
+        if cfg.calib == "ratio":
+            ref = float(cal.max()) if q >= 1.0 else float(np.quantile(cal, q))
+            floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
+            return min(dist / max(ref, floor), 1e6)
+        u = float(np.quantile(cal, q))
+        if dist <= u:
+            # Below the tail threshold: empirical tail fraction.
+            frac = (float(np.count_nonzero(cal >= dist)) + 1.0) / (n_cal + 1.0)
+            return -math.log10(frac)
+        exc = cal[cal > u] - u
+        p_u = (exc.shape[0] + 1.0) / (n_cal + 1.0)
         floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
-        return min(dist / max(ref, floor), 1e6)
-
+        if exc.shape[0] >= 2:
+            m = float(exc.mean())
+            v = float(exc.var())
+            xi = 0.5 * (1.0 - m * m / v) if v > 0 else 0.0
+            xi = min(max(xi, cfg.xi_min), cfg.xi_max)
+            sigma = max(0.5 * m * (m * m / v + 1.0) if v > 0 else m, floor)
+        else:
+            xi = 0.0
+            sigma = max(u, floor)
+        y = (dist - u) / sigma
+        if abs(xi) < 1e-6:
+            logp = math.log10(p_u) - y / math.log(10.0)
+        else:
+            base = 1.0 + xi * y
+            if base <= 1e-12:
+                logp = math.log10(p_u) - 12.0
+            else:
+                logp = math.log10(p_u) - math.log10(base) / xi
+        return min(-logp, 1e6)
     def learn_calib(self) -> None:
         self.calib[self.n_calib % self.cfg.calibration_steps] = self.last_dist
         self.n_calib += 1
@@ -153,6 +179,7 @@ class SeriesDetector:
         from collections import deque
         self._recent: deque[tuple[int, float]] = deque()
         self._level = 0.0
+        self._fired: deque[tuple[int, float]] = deque()
 
     @property
     def points_seen(self) -> int:
@@ -195,7 +222,14 @@ class SeriesDetector:
                 prev = self._level * math.exp(-(self._step) / (cfg.decay * R))
             else:
                 prev = max((v for _, v in self._recent), default=0.0)
-            top = novelty > max(cfg.rearm, 1.0) * prev
+            top = novelty > prev
+            while self._fired and self._n_points - self._fired[0][0] >= R:
+                self._fired.popleft()
+            fprev = max((v for _, v in self._fired), default=0.0)
+            if top and novelty > cfg.rearm * fprev:
+                self._fired.append((self._n_points, novelty))
+            else:
+                top = False
             while self._recent and self._recent[-1][1] <= novelty:
                 self._recent.pop()
             self._recent.append((self._n_points, novelty))

@@ -1,0 +1,326 @@
+"""The detector process: replay, durable snapshot consumer, stats poller, feedback, actions, ops.
+
+Start-up order (so a restart does not blind the detector and nothing is learned twice):
+
+1. connect to NATS (retrying with backoff), serve ``/livez`` ``/readyz`` ``/metrics``;
+2. note SYSTEM_EVENTS' last sequence ``L``;
+3. replay ``system.metrics.>`` from ``now - replay_window_s`` through ``L`` with an ephemeral
+   consumer into the models, emitting nothing;
+4. follow ``ai.feedback.>`` (history of ``feedback_replay_s`` first) and apply it;
+5. consume this replica's durable on ``system.metrics.>`` (it resumes from its ack floor;
+   messages ``<= L`` are acknowledged unlearned), poll JetStream stats,
+   expire automatic actions; ``/readyz`` turns 200.
+
+Replicas: each replica ``i`` of ``n`` (``BACKBONE_ANOMALY__REPLICA_INDEX``/``__REPLICA_COUNT``)
+has its own durable (``anomaly-detector-<i>``), reads every snapshot and keeps the entities
+with ``crc32(entity) % n == i``. A shared durable would deal one service's snapshots to
+random replicas and leave every replica with a broken series; snapshots are small and few, so
+reading them all is cheap. A lost replica's share is unwatched until it is restarted (a
+StatefulSet does that).
+
+Shutdown (SIGTERM/SIGINT): stop consuming (in-flight snapshot finishes and is acknowledged),
+revert automatic actions still in force, stop reporting, drain NATS, stop the ops server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from anomaly_detector.actions import ActionGate
+from anomaly_detector.features import owner_of, snapshot_observation
+from anomaly_detector.handlers import (
+    METRICS_FILTER,
+    SYSTEM_STREAM,
+    FeedbackFollower,
+    FindingSink,
+    SnapshotHandler,
+    StatsPoller,
+    replay,
+)
+from anomaly_detector.service import DetectorService
+from anomaly_detector.settings import SERVICE_NAME, Settings
+from backbone.errors import BackboneError
+from backbone.messaging import Consumer, Publisher, connect, load_catalog
+from backbone.ops import OpsServer
+from backbone.settings import load_settings
+from backbone.telemetry import Metrics, MetricsReporter, configure_logging, setup_telemetry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from backbone.events import CloudEvent
+
+log = logging.getLogger(__name__)
+
+_FEEDBACK_HISTORY_WAIT_S = 5.0
+_EXPIRY_TICK_S = 1.0
+
+
+class AnomalyApp:
+    """One detector replica. ``await run()`` until SIGTERM/SIGINT or :meth:`request_stop`.
+
+    Args:
+        settings: The process settings.
+        install_signal_handlers: Stop on SIGTERM/SIGINT (off in tests that embed the app).
+        clock: Wall clock (seconds) for action rate limits/expiry and stats timestamps.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        install_signal_handlers: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.ops: OpsServer | None = None
+        self.nc: Client | None = None
+        self.service: DetectorService | None = None
+        self.sink: FindingSink | None = None
+        self.consumer: Consumer | None = None
+        self.poller: StatsPoller | None = None
+        self.feedback: FeedbackFollower | None = None
+        self.reporter: MetricsReporter | None = None
+        self.replayed = 0
+        self.ready = asyncio.Event()
+        self._install_signals = install_signal_handlers
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown."""
+        self._stop.set()
+
+    def owns(self, entity: str) -> bool:
+        """Whether this replica watches ``entity``."""
+        cfg = self.settings.anomaly
+        return owner_of(entity, cfg.replica_count) == cfg.replica_index
+
+    def _ready_nats(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    def _ready_models(self) -> bool:
+        return self.ready.is_set()
+
+    async def _connect(self) -> Client | None:
+        delay_s = 0.1
+        while not self._stop.is_set():
+            try:
+                return await connect(self.settings.nats, name=SERVICE_NAME)
+            except BackboneError as exc:
+                log.warning("NATS not reachable yet (%s); retrying in %.1f s", exc, delay_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s * random.uniform(0.5, 1.0)):  # noqa: S311
+                    await self._stop.wait()
+            delay_s = min(delay_s * 2, 5.0)
+        return None
+
+    async def run(self) -> None:
+        """Serve until stopped."""
+        settings = self.settings
+        telemetry = setup_telemetry(settings, service_name=SERVICE_NAME)
+        if self._install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        catalog = load_catalog(settings.streams_file)
+        self.ops = OpsServer(
+            host=settings.http.host,
+            port=settings.http.port,
+            metrics=self.metrics,
+            readiness={"nats": self._ready_nats, "models": self._ready_models},
+        )
+        await self.ops.start()
+        log.info("anomaly-detector ops endpoint on %s", self.ops.url)
+        try:
+            self.nc = await self._connect()
+            if self.nc is None:
+                return
+            await self._start(self.nc, Publisher(self.nc, catalog=catalog, metrics=self.metrics))
+            if settings.telemetry.publish_metrics:
+                self.reporter = MetricsReporter(
+                    self.metrics,
+                    service=SERVICE_NAME,
+                    publish=Publisher(self.nc, catalog=catalog).publish,
+                    interval_s=settings.telemetry.metrics_interval_s,
+                    instance=telemetry.instance_id,
+                    gauges=self._gauges(),
+                )
+                self.reporter.start()
+            self.ready.set()
+            log.info(
+                "anomaly-detector watching (replica %d/%d, %d snapshots replayed)",
+                settings.anomaly.replica_index,
+                settings.anomaly.replica_count,
+                self.replayed,
+            )
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+            telemetry.shutdown()
+
+    def _gauges(self) -> dict[str, Callable[[], float]]:
+        service = self.service
+        assert service is not None  # noqa: S101 - started before the reporter
+        return {
+            "anomaly_series_tracked": lambda: float(service.series_count),
+            "anomaly_observations": lambda: float(service.observations),
+            "anomaly_findings": lambda: float(service.findings),
+        }
+
+    async def _start(self, nc: Client, publisher: Publisher) -> None:
+        cfg = self.settings.anomaly
+        js = nc.jetstream()
+        self.service = DetectorService(cfg, instance=self.settings.nats.name or SERVICE_NAME)
+        self.sink = FindingSink(
+            publish=publisher.publish,
+            nc=nc,
+            gate=ActionGate(cfg.actions, clock=self.clock),
+            settings=cfg.actions,
+            metrics=self.metrics,
+        )
+        through = await self._prepare_durable(js)
+        self.replayed = await self._replay(js, through)
+        feedback_ready = asyncio.Event()
+        self.feedback = FeedbackFollower(
+            js,
+            self.service,
+            owns=self.owns,
+            since=datetime.now(UTC) - timedelta(seconds=cfg.feedback_replay_s),
+        )
+        self._tasks.append(asyncio.create_task(self.feedback.run(self._stop, ready=feedback_ready)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(feedback_ready.wait(), _FEEDBACK_HISTORY_WAIT_S)
+        handler = SnapshotHandler(
+            self.service, self.sink, owns=self.owns, replayed_through_seq=through
+        )
+        self.consumer = Consumer(
+            nc,
+            stream=SYSTEM_STREAM,
+            durable=cfg.durable_name,
+            handler=handler,
+            filter_subjects=[METRICS_FILTER],
+            concurrency=1,  # one series' points must be learned in order
+            max_deliver=3,
+            metrics=self.metrics,
+        )
+        await self.consumer.start()
+        if cfg.stats_interval_s > 0:
+            self.poller = StatsPoller(
+                js,
+                self.service,
+                self.sink,
+                owns=self.owns,
+                type_rate_streams=cfg.type_rate_streams,
+                max_types=cfg.max_types,
+                clock=self.clock,
+            )
+            self._tasks.append(
+                asyncio.create_task(self.poller.run(self._stop, interval_s=cfg.stats_interval_s))
+            )
+        self._tasks.append(asyncio.create_task(self._expire_loop()))
+
+    async def _prepare_durable(self, js: JetStreamContext) -> int:
+        """SYSTEM_EVENTS' last sequence: the replay covers up to it, the durable what follows.
+
+        The durable itself is created by :class:`~backbone.messaging.Consumer` (deliver-all
+        on its first creation); the snapshots up to this sequence that it delivers are
+        acknowledged without being learned.
+        """
+        info = await js.stream_info(SYSTEM_STREAM)
+        return info.state.last_seq
+
+    async def _replay(self, js: JetStreamContext, through: int) -> int:
+        cfg = self.settings.anomaly
+        service = self.service
+        assert service is not None  # noqa: S101 - set by _start
+
+        def learn(event: CloudEvent) -> None:
+            obs = snapshot_observation(event)
+            if obs is not None and self.owns(obs.entity):
+                service.observe(obs, emit=False)
+
+        if cfg.replay_window_s <= 0:
+            return 0
+        started = time.perf_counter()
+        count = await replay(
+            js,
+            stream=SYSTEM_STREAM,
+            subject=METRICS_FILTER,
+            start_time=datetime.fromtimestamp(self.clock() - cfg.replay_window_s, UTC),
+            through_seq=through,
+            max_messages=cfg.replay_max_messages,
+            handle=learn,
+        )
+        log.info(
+            "replayed %d snapshots into %d series in %.2f s",
+            count,
+            service.series_count,
+            time.perf_counter() - started,
+        )
+        return count
+
+    async def _expire_loop(self) -> None:
+        while not self._stop.is_set():
+            if self.sink is not None:
+                try:
+                    await self.sink.expire_due()
+                except Exception:
+                    log.warning("reverting expired actions failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_EXPIRY_TICK_S):
+                    await self._stop.wait()
+
+    async def _shutdown(self) -> None:
+        self.ready.clear()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.sink is not None and self.nc is not None and self.nc.is_connected:
+            # An automatic action must not outlive the detector that would have reverted it.
+            for action in self.sink.gate.in_force:
+                action.expires_at_s = -float("inf")
+            with contextlib.suppress(Exception):
+                await self.sink.expire_due()
+        if self.reporter is not None:
+            await self.reporter.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.ops is not None:
+            await self.ops.stop()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    install_signal_handlers: bool = True,
+    clock: Callable[[], float] = time.time,
+) -> AnomalyApp:
+    """Build the detector app; settings default to the environment (``BACKBONE_*``).
+
+    Raises:
+        ConfigError: A setting is invalid (names the variable).
+    """
+    if settings is None:
+        settings = load_settings(Settings)
+        configure_logging(
+            level=settings.log_level, fmt=settings.log_format, service_name=SERVICE_NAME
+        )
+    return AnomalyApp(settings, install_signal_handlers=install_signal_handlers, clock=clock)
