@@ -38,8 +38,13 @@ def pick_offset():
 
 def cli(root, env, *args, check=True):
     proc = subprocess.run(
-        [str(BIN / "backbone"), *args], cwd=root, env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [str(BIN / "backbone"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -67,10 +72,14 @@ def test_local_stack_end_to_end(tmp_path):
     }
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [str(BIN / "backbone"), "up", "--no-live"], cwd=root, env=env, stdout=log,
+        [str(BIN / "backbone"), "up", "--no-live"],
+        cwd=root,
+        env=env,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
+
         def all_ready():
             assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
             proc = cli(root, env, "status", "--json", check=False)
@@ -78,7 +87,9 @@ def test_local_stack_end_to_end(tmp_path):
                 return None
             status = json.loads(proc.stdout)
             rows = status["processes"]
-            ok = rows and all(r["health"] in ("ok", "ready") and r["state"] == "RUNNING" for r in rows)
+            ok = rows and all(
+                r["health"] in ("ok", "ready") and r["state"] == "RUNNING" for r in rows
+            )
             return status if ok else None
 
         status = wait(all_ready, 120, "every process healthy")
@@ -89,9 +100,19 @@ def test_local_stack_end_to_end(tmp_path):
         assert status["gateway-dev-key"] == key
 
         # The README's two commands.
-        args = ["publish", "--type", "mcp.server.error", "--source", "/claude/mcp/filesystem",
-                "--subject", "server-123", "--id", "e2e-1",
-                "--data", '{"error": "Connection timeout", "severity": 0.8}']
+        args = [
+            "publish",
+            "--type",
+            "mcp.server.error",
+            "--source",
+            "/claude/mcp/filesystem",
+            "--subject",
+            "server-123",
+            "--id",
+            "e2e-1",
+            "--data",
+            '{"error": "Connection timeout", "severity": 0.8}',
+        ]
         first = json.loads(cli(root, env, *args).stdout)
         assert (first["stream"], first["duplicate"]) == ("MCP_EVENTS", False)
         again = json.loads(cli(root, env, *args).stdout)
@@ -105,9 +126,14 @@ def test_local_stack_end_to_end(tmp_path):
             f"http://127.0.0.1:{8080 + offset}/v1/events",
             data=b'{"error": "disk full", "severity": 0.9}',
             method="POST",
-            headers={"ce-specversion": "1.0", "ce-type": "mcp.server.error",
-                     "ce-source": "/claude/mcp/filesystem", "ce-id": "e2e-http-1",
-                     "content-type": "application/json", "authorization": f"Bearer {key}"},
+            headers={
+                "ce-specversion": "1.0",
+                "ce-type": "mcp.server.error",
+                "ce-source": "/claude/mcp/filesystem",
+                "ce-id": "e2e-http-1",
+                "content-type": "application/json",
+                "authorization": f"Bearer {key}",
+            },
         )
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 202
@@ -133,5 +159,7 @@ def test_local_stack_end_to_end(tmp_path):
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert cli(root, env, "status", check=False).returncode == 3
     # Nothing of the stack is left running.
-    leftovers = subprocess.run(["pgrep", "-f", str(root / ".backbone")], capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(root / ".backbone")], capture_output=True, text=True
+    )
     assert leftovers.stdout.strip() == ""

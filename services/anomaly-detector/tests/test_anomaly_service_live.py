@@ -15,9 +15,13 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
+from nats.js import api
 
+from anomaly_detector.actions import ActionGate
 from anomaly_detector.app import create_app
-from anomaly_detector.settings import Settings
+from anomaly_detector.handlers import FindingSink, StatsPoller
+from anomaly_detector.service import DetectorService
+from anomaly_detector.settings import ActionSettings, AnomalySection, Settings
 from backbone.events import CloudEvent, decode_nats
 from backbone.messaging import Publisher, apply_streams, load_catalog
 from backbone.resilience import CircuitState, ResilienceControl, ResilienceRegistry
@@ -135,9 +139,7 @@ async def test_quiet_ten_minute_baseline_then_latency_degradation_alerts_naming_
         await nats_client.flush()
         assert ai.of("ai.anomaly.detected") == []
         began = time.monotonic()
-        await publisher.publish_many(
-            [snapshot(i, latency_p99_ms=40.0) for i in range(600, 610)]
-        )
+        await publisher.publish_many([snapshot(i, latency_p99_ms=40.0) for i in range(600, 610)])
 
         async def alerted():
             return any(
@@ -163,7 +165,9 @@ async def test_quiet_ten_minute_baseline_then_latency_degradation_alerts_naming_
             return any(e.data["action"] == "open_breaker" for e in ai.of("ai.action.suggested"))
 
         await until(suggested, what="open_breaker suggestion")
-        suggestion = next(e for e in ai.of("ai.action.suggested") if e.data["action"] == "open_breaker")
+        suggestion = next(
+            e for e in ai.of("ai.action.suggested") if e.data["action"] == "open_breaker"
+        )
         assert suggestion.data["auto"] == "disabled"
         assert suggestion.data["trigger"]["id"] == alert.id
         valid(suggestion, "ai.action.suggested.json")
@@ -225,7 +229,9 @@ async def test_automatic_action_goes_through_the_control_subject_only_when_enabl
             return any(e.data["action"] == "open_breaker" for e in ai.of("ai.action.suggested"))
 
         await until(suggested, what="open_breaker suggestion")
-        suggestion = next(e for e in ai.of("ai.action.suggested") if e.data["action"] == "open_breaker")
+        suggestion = next(
+            e for e in ai.of("ai.action.suggested") if e.data["action"] == "open_breaker"
+        )
         assert suggestion.data["target"] == "orders/downstream"
         if not enabled:
             assert suggestion.data["auto"] == "disabled"
@@ -281,6 +287,8 @@ async def test_restart_rebuilds_models_from_recent_snapshots(nats_server, nats_c
             return bool(ai.of("ai.anomaly.detected"))
 
         await until(alerted, what="alert right after restart")
+        await processed(app, 154)
+        await asyncio.sleep(0.2)  # a double delivery would show up here
         assert app.service.observations == 154  # replayed + new, none learned twice
     finally:
         await stop(app, task)
@@ -306,7 +314,7 @@ async def test_process_serves_readyz_and_exits_zero_on_sigterm(nats_server, nats
     snapshots = await nats_client.subscribe("system.metrics.anomaly-detector")
     log = tmp_path / "detector.log"
     with log.open("wb") as sink:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        proc = subprocess.Popen(
             [sys.executable, "-m", "anomaly_detector"], env=env, stdout=sink, stderr=sink
         )
     try:
@@ -336,3 +344,43 @@ async def test_process_serves_readyz_and_exits_zero_on_sigterm(nats_server, nats
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_stats_poller_reads_stream_consumer_and_event_type_levels(nats_client, bus):
+    publisher, _ = bus
+    js = nats_client.jetstream()
+    await js.add_consumer(
+        "MCP_EVENTS", api.ConsumerConfig(durable_name="worker", ack_policy=api.AckPolicy.EXPLICIT)
+    )
+    now = [1000.0]
+    service = DetectorService(AnomalySection())
+    sink = FindingSink(
+        publish=publisher.publish,
+        nc=nats_client,
+        gate=ActionGate(ActionSettings()),
+        settings=ActionSettings(),
+    )
+    poller = StatsPoller(
+        js,
+        service,
+        sink,
+        owns=lambda e: not e.startswith("stream:AI"),
+        type_rate_streams=["MCP_EVENTS"],
+        clock=lambda: now[0],
+    )
+    seen = []
+    for _ in range(3):
+        await publisher.publish_many(
+            [CloudEvent.create(type="mcp.tool.called", source="/t", data={}) for _ in range(20)]
+        )
+        seen = await poller.observations()
+        now[0] += 2.0
+    by_entity = {o.entity: o for o in seen}
+    assert "stream:AI_EVENTS" not in by_entity  # another replica's
+    assert by_entity["stream:MCP_EVENTS"].values["rate_per_s"] == pytest.approx(10.0)
+    assert by_entity["stream:MCP_EVENTS"].limits == {"messages": 50000.0}
+    worker = by_entity["consumer:MCP_EVENTS/worker"]
+    assert worker.values["pending"] == 60.0
+    assert worker.limits == {"pending": 50000.0}
+    assert by_entity["type:mcp.tool.called"].values["rate_per_s"] == pytest.approx(10.0)
+    assert await poller.poll_once() > 0

@@ -429,14 +429,22 @@ class DetectorService:
         return self._alerts.get(alert_id)
 
     def _apply(self, state: SeriesState, kind: Feedback, score: float | None) -> None:
+        threshold = state.threshold
+        before = threshold.value
         if kind is Feedback.FALSE_POSITIVE:
             state.sensitivity = min(state.sensitivity * _FP_FACTOR, _SENSITIVITY_MAX)
         else:
             state.sensitivity = max(state.sensitivity * _MISSED_FACTOR, _SENSITIVITY_MIN)
-            state.threshold.floor = max(
-                self.settings.series_cut_min, state.threshold.floor * _MISSED_FACTOR
-            )
-        state.threshold.feedback(kind, score=score)
+            threshold.floor = max(self.settings.series_cut_min, threshold.floor * _MISSED_FACTOR)
+        after = threshold.feedback(kind, score=score)
+        if kind is Feedback.FALSE_POSITIVE:
+            # When the score quantile sits below the floor, the threshold's own offset is
+            # swallowed by the clamp; lift the floor so the cut really passes the noisy score.
+            wanted = max(before, score if score is not None else before)
+            if after <= wanted:
+                threshold.floor = min(
+                    threshold.ceiling, wanted + threshold.step * max(1.0 - wanted, 1e-3)
+                )
 
     def apply_feedback(
         self,

@@ -29,6 +29,7 @@ class SeriesConfig:
     rearm: float = 0.0
     calib_skip_alert: int = 0
     mode: str = "new"
+    suppress_fraction: float = 0.25
     calib: str = "ratio"
     xi_max: float = 0.0
     xi_min: float = 0.0
@@ -59,7 +60,7 @@ class SeriesConfig:
 
     @property
     def suppress_for_points(self) -> int:
-        return self.suppress_points or max(1, self.warmup_points // 4)
+        return self.suppress_points or max(1, int(self.warmup_points * self.suppress_fraction))
 
 
 @dataclass(frozen=True, slots=True)
