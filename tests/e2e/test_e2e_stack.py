@@ -160,6 +160,6 @@ def test_local_stack_end_to_end(tmp_path):
     assert cli(root, env, "status", check=False).returncode == 3
     # Nothing of the stack is left running.
     leftovers = subprocess.run(
-        ["pgrep", "-f", str(root / ".backbone")], capture_output=True, text=True
+        ["pgrep", "-f", str(root / ".backbone")], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout.strip() == ""

@@ -184,7 +184,7 @@ async def test_poison_rows_go_to_the_dead_table_and_the_rest_flows(
     assert [d.event_id for d in await list_dead(db)] == ["e-3"]
 
 
-async def test_nats_outage_loses_and_duplicates_nothing(  # noqa: PLR0917 - fixtures
+async def test_nats_outage_loses_and_duplicates_nothing(
     postgres_dsn, db, js, nats_client, nats_server, catalog
 ):
     relay = relay_for(postgres_dsn, nats_client, catalog, batch_size=50, ack_timeout_s=1.0)

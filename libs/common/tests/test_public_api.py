@@ -2,6 +2,8 @@ import importlib
 
 import pytest
 
+from backbone import errors
+
 PACKAGES = [
     "backbone.events",
     "backbone.messaging",
@@ -39,8 +41,6 @@ def test_all_is_sorted_and_complete(name):
 
 
 def test_every_error_roots_at_backbone_error():
-    from backbone import errors
-
     for value in vars(errors).values():
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, errors.BackboneError)

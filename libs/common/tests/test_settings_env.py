@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from backbone.errors import ConfigError
@@ -6,8 +8,6 @@ from backbone.settings import BackboneSettings, load_settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    import os
-
     for name in list(os.environ):
         if name.startswith("BACKBONE_"):
             monkeypatch.delenv(name)
