@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import nats.js.errors
 from backbone.errors import BackboneError, MessageTooLargeError, PublishError, PublishTimeoutError
 from backbone.events import dedup_id, encode_nats
 from backbone.messaging._streams import subject_for
+from backbone.resilience import Retry, RetryBudgetExhaustedError, RetryConfig
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from backbone.events import CloudEvent
     from backbone.messaging._streams import StreamCatalog
     from backbone.telemetry import Metrics
-
-log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
@@ -104,6 +102,9 @@ class Publisher:
         retry_wait_s: Pause between attempts (doubled each time).
         tracer: OpenTelemetry tracer for producer spans (None: no spans).
         metrics: Where to record publish metrics (None: not recorded).
+        retry: The retry policy of one publish (``backbone.resilience.Retry``, with its budget);
+            by default ``attempts`` tries on timeouts and reconnects, backing off from
+            ``retry_wait_s``.
     """
 
     def __init__(
@@ -117,14 +118,22 @@ class Publisher:
         retry_wait_s: float = 0.2,
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
+        retry: Retry | None = None,
     ) -> None:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=timeout_s)
         self.catalog = catalog
         self.mode: Literal["binary", "structured"] = mode
         self.timeout_s = timeout_s
-        self.attempts = max(1, attempts)
-        self.retry_wait_s = retry_wait_s
+        self.retry = retry or Retry(
+            "publish",
+            RetryConfig(
+                max_attempts=max(1, attempts),
+                wait_initial_s=retry_wait_s,
+                wait_max_s=max(retry_wait_s, 2.0),
+                retry_exceptions=_RETRYABLE,
+            ),
+        )
         self.tracer = tracer
         self.metrics = metrics
 
@@ -228,38 +237,39 @@ class Publisher:
 
     async def _send_with_retries(self, event: CloudEvent, message: PreparedMessage) -> PubAck:
         subject = message.subject
-        wait_s = self.retry_wait_s
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await self._js.publish(
-                    subject, message.payload, timeout=self.timeout_s, headers=message.headers
-                )
-            except _RETRYABLE as exc:
-                if attempt == self.attempts:
-                    if isinstance(
-                        exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError
-                    ):
-                        raise PublishError(
-                            f"no JetStream stream answered for {subject} (streams not applied? "
-                            "run `backbone streams apply`)",
-                            subject=subject,
-                            event_id=event.id,
-                        ) from exc
-                    raise PublishTimeoutError(
-                        f"no PubAck for {subject} after {attempt} attempts: {exc!r}",
-                        subject=subject,
-                        event_id=event.id,
-                    ) from exc
-                log.warning("publish to %s failed (%r); retry %d", subject, exc, attempt)
-                await asyncio.sleep(wait_s)
-                wait_s *= 2
-            except nats.js.errors.APIError as exc:
-                raise PublishError(
-                    f"JetStream refused {subject}: {exc.description or exc}",
-                    subject=subject,
-                    event_id=event.id,
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await self.retry.call(
+                self._js.publish,
+                subject,
+                message.payload,
+                timeout=self.timeout_s,
+                headers=message.headers,
+            )
+        except RetryBudgetExhaustedError as exc:
+            raise PublishTimeoutError(
+                f"no PubAck for {subject}; retry budget exhausted: {exc.__cause__!r}",
+                subject=subject,
+                event_id=event.id,
+            ) from exc
+        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+            raise PublishError(
+                f"no JetStream stream answered for {subject} (streams not applied? "
+                "run `backbone streams apply`)",
+                subject=subject,
+                event_id=event.id,
+            ) from exc
+        except _RETRYABLE as exc:
+            raise PublishTimeoutError(
+                f"no PubAck for {subject} after {self.retry.config.max_attempts} attempts: {exc!r}",
+                subject=subject,
+                event_id=event.id,
+            ) from exc
+        except nats.js.errors.APIError as exc:
+            raise PublishError(
+                f"JetStream refused {subject}: {exc.description or exc}",
+                subject=subject,
+                event_id=event.id,
+            ) from exc
 
     async def publish_many(
         self, events: Sequence[CloudEvent], *, window: int = 512
