@@ -198,3 +198,26 @@ async def test_two_replicas_share_one_durable(nats_client, publisher):
     await b.stop()
     assert handled_by["a"] > 0
     assert handled_by["b"] > 0
+
+
+async def test_new_durable_can_start_at_a_sequence_and_an_existing_one_keeps_its_position(
+    nats_client, publisher
+):
+    seen = []
+
+    async def handler(ev, delivery):
+        seen.append(delivery.stream_seq)
+
+    await publisher.publish_many([event(i) for i in range(10)])
+    c = consumer(nats_client, handler, deliver_policy="by_start_sequence", opt_start_seq=8)
+    await c.start()
+    await wait_until(lambda: len(seen) == 3)
+    await c.stop()
+    assert seen == [8, 9, 10]
+    # Same durable, other start settings: binds to the existing consumer and its position.
+    await publisher.publish(event(10))
+    again = consumer(nats_client, handler, deliver_policy="all")
+    await again.start()
+    await wait_until(lambda: len(seen) == 4)
+    await again.stop()
+    assert seen[-1] == 11

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import nats.errors
 import nats.js.errors
@@ -37,6 +37,7 @@ from backbone.events import decode_nats, dedup_id
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from datetime import datetime
 
     from nats.aio.client import Client
     from nats.aio.msg import Msg
@@ -109,6 +110,10 @@ class Consumer:
         tracer: OpenTelemetry tracer: each handler run is a ``process <subject>`` CONSUMER span,
             child of the producer's span carried by the message.
         metrics: Where handled/failed/dead-lettered counts and handler latency are recorded.
+        deliver_policy: Where a *new* durable starts (an existing one keeps its position):
+            every message, only new ones, from ``opt_start_seq`` or from ``opt_start_time``.
+        opt_start_seq: First stream sequence for ``by_start_sequence``.
+        opt_start_time: First message time for ``by_start_time`` (timezone-aware).
     """
 
     def __init__(
@@ -128,6 +133,9 @@ class Consumer:
         idempotency: IdempotencyStore | None = None,
         tracer: Tracer | None = None,
         metrics: Metrics | None = None,
+        deliver_policy: Literal["all", "new", "by_start_sequence", "by_start_time"] = "all",
+        opt_start_seq: int | None = None,
+        opt_start_time: datetime | None = None,
     ) -> None:
         if max_deliver < 1:
             raise ConsumeError("max_deliver must be at least 1")
@@ -146,6 +154,9 @@ class Consumer:
         self.idempotency = idempotency
         self.tracer = tracer
         self.metrics = metrics
+        self.deliver_policy = deliver_policy
+        self.opt_start_seq = opt_start_seq
+        self.opt_start_time = opt_start_time
         self.stats = ConsumerStats()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -163,7 +174,9 @@ class Consumer:
             # taken when the handler fails for the max_deliver-th time.
             max_deliver=-1,
             max_ack_pending=max(self.batch * 4, self.concurrency * 4, 1000),
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy(self.deliver_policy),
+            opt_start_seq=self.opt_start_seq,
+            opt_start_time=self.opt_start_time,
         )
         if len(self.filter_subjects) == 1:
             config.filter_subject = self.filter_subjects[0]
@@ -171,15 +184,25 @@ class Consumer:
             config.filter_subjects = list(self.filter_subjects)
         try:
             await self._js.add_consumer(self.stream, config=config)
-        except nats.js.errors.BadRequestError as exc:
-            # Exists with another config (e.g. older version): keep it, bind to it.
-            log.warning(
-                "consumer %s/%s exists with other settings: %s", self.stream, self.durable, exc
-            )
         except nats.js.errors.NotFoundError as exc:
             raise ConsumeError(
                 f"stream {self.stream} does not exist: run `backbone streams apply`"
             ) from exc
+        except nats.js.errors.APIError as exc:
+            # The durable exists with other settings (an older version, another start position):
+            # keep it and its position, bind to it. Anything else is a real error.
+            try:
+                await self._js.consumer_info(self.stream, self.durable)
+            except nats.js.errors.NotFoundError:
+                raise ConsumeError(
+                    f"cannot create consumer {self.stream}/{self.durable}: {exc.description or exc}"
+                ) from exc
+            log.warning(
+                "consumer %s/%s exists with other settings (%s); binding to it",
+                self.stream,
+                self.durable,
+                exc.description or exc,
+            )
         self._sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         self._runner = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
 
