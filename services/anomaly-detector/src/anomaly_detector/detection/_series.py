@@ -1,39 +1,70 @@
-"""Per-series streaming detector: downsampled pattern novelty, self-calibrated, with suppression."""
+"""Per-series streaming detector: downsampled pattern novelty, tail-calibrated, refractory."""
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from anomaly_detector.detection._errors import DetectorConfigError
 
+# A pattern compared against the past needs at least two steps.
 _MIN_WINDOW = 2
+# Distances needed before the tail model is trusted (below this no point is novel).
+_MIN_CALIBRATION = 10
+# Cap on novelty (-log10 of the tail probability): a noiseless series makes any change
+# infinitely improbable.
+_MAX_NOVELTY = 1e6
+_LN10 = math.log(10.0)
+# The tail model needs a tail: its threshold sits at or above the median distance.
+_MIN_TAIL_QUANTILE = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SeriesConfig:
+    """Knobs of :class:`SeriesDetector`; one set serves every series (no per-series tuning).
+
+    Attributes:
+        warmup_points: Points learned before any alert may fire (NAB's "probation").
+        downsample: Raw points per downsampled step; 0 derives it from ``warmup_points`` so the
+            warm-up holds about ``13 * window`` steps.
+        window: Downsampled steps in one pattern (the unit compared against the past).
+        neighbours: Nearest past patterns averaged into the distance (k of kNN); k > 1 keeps
+            a few lucky near-copies in a noisy series from hiding a change.
+        memory_steps: Past patterns remembered (ring buffer; bounds memory per series).
+        calibration_steps: Recent nearest-neighbour distances kept to calibrate novelty.
+        calibration_start: Fraction of the warm-up after which distances enter the
+            calibration (earlier ones are inflated by the near-empty memory).
+        tail_quantile: Quantile of the calibration distances above which their tail is
+            modelled (peaks over threshold, exponential tail fitted to the excesses).
+        alert_novelty: Novelty (``-log10`` of the tail probability of the distance) that raises
+            an alert; the default is the cut that maximises the NAB standard profile.
+        suppress_points: Raw points of the refractory period after a local peak of novelty; 0
+            derives it from ``warmup_points`` (``suppress_fraction`` of it).
+        suppress_fraction: Refractory period as a fraction of ``warmup_points`` when
+            ``suppress_points`` is 0.
+        rearm_factor: Within the refractory period a new peak must exceed every recent novelty
+            and be this many times the previous peak to count (one incident, one alert; a
+            clearly worse second phase still alerts).
+        quiet_scale: Factor applied to the score of points that are no peak, so the peaks rank
+            first.
+    """
+
     warmup_points: int = 600
     downsample: int = 0
     window: int = 8
-    neighbours: int = 3
+    neighbours: int = 5
     memory_steps: int = 600
     calibration_steps: int = 600
     calibration_start: float = 0.5
-    calibration_quantile: float = 1.0
-    alert_novelty: float = 0.7
+    tail_quantile: float = 0.95
+    alert_novelty: float = 1.2
     suppress_points: int = 0
+    suppress_fraction: float = 0.15
+    rearm_factor: float = 1.5
     quiet_scale: float = 0.1
-    scales: str = "1"
-    rearm: float = 0.0
-    calib_skip_alert: int = 0
-    mode: str = "new"
-    suppress_fraction: float = 0.25
-    calib: str = "ratio"
-    xi_max: float = 0.0
-    xi_min: float = 0.0
-    decay: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -42,10 +73,13 @@ class SeriesConfig:
             "window": self.window >= _MIN_WINDOW,
             "neighbours": self.neighbours >= 1,
             "memory_steps": self.memory_steps >= self.window + self.neighbours,
-            "calibration_steps": self.calibration_steps >= 1,
+            "calibration_steps": self.calibration_steps >= _MIN_CALIBRATION,
             "calibration_start": 0.0 <= self.calibration_start <= 1.0,
+            "tail_quantile": _MIN_TAIL_QUANTILE <= self.tail_quantile < 1.0,
             "alert_novelty": self.alert_novelty > 0,
             "suppress_points": self.suppress_points >= 0,
+            "suppress_fraction": 0.0 < self.suppress_fraction <= 1.0,
+            "rearm_factor": self.rearm_factor >= 1.0,
             "quiet_scale": 0.0 <= self.quiet_scale <= 1.0,
         }
         for name, ok in checks.items():
@@ -54,17 +88,36 @@ class SeriesConfig:
 
     @property
     def step_points(self) -> int:
+        """Raw points per downsampled step."""
         if self.downsample:
             return self.downsample
         return max(1, self.warmup_points // (13 * self.window))
 
     @property
     def suppress_for_points(self) -> int:
+        """Raw points of the refractory period after a peak of novelty."""
         return self.suppress_points or max(1, int(self.warmup_points * self.suppress_fraction))
 
 
 @dataclass(frozen=True, slots=True)
 class Score:
+    """The verdict on one point.
+
+    Attributes:
+        timestamp: The point's timestamp (seconds, as given).
+        value: The point's value.
+        score: Alert strength in [0, 1): ``novelty / (1 + novelty)`` at a peak of novelty,
+            scaled down by ``quiet_scale`` elsewhere (0 between downsampled steps and during
+            warm-up).
+        is_anomaly: True when this point raises an alert (past warm-up, a peak outside the
+            refractory period, novelty at least ``alert_novelty``).
+        novelty: ``-log10`` of the probability, under the series' own recent distances, of a
+            kNN distance at least this large (1 = one in ten, 3 = one in a thousand).
+        expected: The median of the current pattern's nearest past patterns' last step: what
+            the past suggests this step should look like.
+        contributions: Named parts of the verdict, for root-cause hints.
+    """
+
     timestamp: float
     value: float
     score: float
@@ -74,180 +127,171 @@ class Score:
     contributions: dict[str, float] = field(default_factory=dict)
 
 
-class _Scale:
-    def __init__(self, cfg: SeriesConfig, factor: int) -> None:
-        self.cfg = cfg
-        self.factor = factor
-        self.pending: list[float] = []
-        self.ewma = math.nan
-        self.steps = np.zeros(cfg.window)
-        self.n_steps = 0
-        self.patterns = np.zeros((cfg.memory_steps, cfg.window))
-        self.n_patterns = 0
-        self.calib = np.zeros(cfg.calibration_steps)
-        self.n_calib = 0
-        self.ref = 0.0
-
-    def push(self, block: list[float]) -> float | None:
-        """Add one base block; returns the novelty when this scale completes a step."""
-        self.pending.extend(block)
-        if len(self.pending) < self.factor * len(block):
-            return None
-        vals = self.pending
-        mean = sum(vals) / len(vals)
-        self.ewma = mean if math.isnan(self.ewma) else 0.5 * (self.ewma + mean)
-        hi, lo = max(vals), min(vals)
-        rep = hi if abs(hi - self.ewma) >= abs(lo - self.ewma) else lo
-        self.pending = []
-        self.steps = np.roll(self.steps, -1)
-        self.steps[-1] = rep
-        self.n_steps += 1
-        if self.n_steps < self.cfg.window:
-            return None
-        return self._novelty(self.steps.copy())
-
-    def _novelty(self, pattern: np.ndarray) -> float:
-        cfg = self.cfg
-        usable = min(self.n_patterns, cfg.memory_steps) - cfg.window
-        m = cfg.memory_steps
-        dist = 0.0
-        if usable > 0:
-            newest = (self.n_patterns - 1) % m
-            skip = (newest - np.arange(cfg.window)) % m
-            mask = np.ones(min(self.n_patterns, m), dtype=bool)
-            mask[skip[skip < mask.shape[0]]] = False
-            past = self.patterns[: mask.shape[0]][mask]
-            diff = past - pattern
-            sq = np.einsum("ij,ij->i", diff, diff)
-            k = min(cfg.neighbours, sq.shape[0])
-            idx = np.argpartition(sq, k - 1)[:k]
-            dist = math.sqrt(float(sq[idx].mean()) / cfg.window)
-        self.patterns[self.n_patterns % m] = pattern
-        self.n_patterns += 1
-        self.last_dist = dist
-        n_cal = min(self.n_calib, cfg.calibration_steps)
-        if usable <= 0 or n_cal < 10:
-            return 0.0
-        cal = self.calib[:n_cal]
-        q = cfg.calibration_quantile
-        if cfg.calib == "ratio":
-            ref = float(cal.max()) if q >= 1.0 else float(np.quantile(cal, q))
-            floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
-            return min(dist / max(ref, floor), 1e6)
-        u = float(np.quantile(cal, q))
-        if dist <= u:
-            # Below the tail threshold: empirical tail fraction.
-            frac = (float(np.count_nonzero(cal >= dist)) + 1.0) / (n_cal + 1.0)
-            return -math.log10(frac)
-        exc = cal[cal > u] - u
-        p_u = (exc.shape[0] + 1.0) / (n_cal + 1.0)
-        floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
-        if exc.shape[0] >= 2:
-            m = float(exc.mean())
-            v = float(exc.var())
-            xi = 0.5 * (1.0 - m * m / v) if v > 0 else 0.0
-            xi = min(max(xi, cfg.xi_min), cfg.xi_max)
-            sigma = max(0.5 * m * (m * m / v + 1.0) if v > 0 else m, floor)
-        else:
-            xi = 0.0
-            sigma = max(u, floor)
-        y = (dist - u) / sigma
-        if abs(xi) < 1e-6:
-            logp = math.log10(p_u) - y / math.log(10.0)
-        else:
-            base = 1.0 + xi * y
-            if base <= 1e-12:
-                logp = math.log10(p_u) - 12.0
-            else:
-                logp = math.log10(p_u) - math.log10(base) / xi
-        return min(-logp, 1e6)
-    def learn_calib(self) -> None:
-        self.calib[self.n_calib % self.cfg.calibration_steps] = self.last_dist
-        self.n_calib += 1
-
-
 class SeriesDetector:
+    """Causal anomaly detector for one univariate series.
+
+    Every ``step_points`` raw points the block is reduced to its most extreme value (so spikes
+    survive downsampling); the last ``window`` steps form a pattern whose mean squared distance
+    to its ``neighbours`` nearest remembered past patterns is the raw nonconformity (KNN-CAD's,
+    ARTime's "no category fits"). The distance is turned into a tail probability under the
+    series' own recent distances: empirical below the ``tail_quantile``, an exponential tail
+    fitted to the excesses above it (peaks over threshold, as in SPOT), so noisy and quiet
+    series of any scale share one cut, and one huge past spike does not blind the detector to
+    later, smaller changes. Only peaks count: a point must beat every novelty of the last
+    ``suppress_for_points`` points and ``rearm_factor`` times the previous peak (a refractory
+    period that adapts to the series' own noise). Memory is bounded by ``memory_steps`` and
+    ``calibration_steps``.
+    """
+
     def __init__(self, config: SeriesConfig | None = None) -> None:
         self.config = config or SeriesConfig()
         cfg = self.config
         self._step = cfg.step_points
+        self._refractory = cfg.suppress_for_points
         self._block: list[float] = []
-        self._scales = [_Scale(cfg, int(f)) for f in cfg.scales.split(",")]
+        self._ewma = math.nan
+        self._steps = np.zeros(cfg.window, dtype=np.float64)
+        self._n_steps = 0
+        self._patterns = np.zeros((cfg.memory_steps, cfg.window), dtype=np.float64)
+        self._n_patterns = 0
+        self._calib = np.zeros(cfg.calibration_steps, dtype=np.float64)
+        self._n_calib = 0
         self._n_points = 0
-        self._last_alert = -(10**18)
-        self._last_alert_novelty = 0.0
-        self._novelty = [0.0] * len(self._scales)
-        from collections import deque
+        self._overlap = np.arange(cfg.window)
+        # Monotone (decreasing) queue of recent novelties: its head is the refractory maximum.
         self._recent: deque[tuple[int, float]] = deque()
-        self._level = 0.0
-        self._fired: deque[tuple[int, float]] = deque()
+        self._peaks: deque[tuple[int, float]] = deque()
 
     @property
     def points_seen(self) -> int:
+        """Raw points processed so far."""
         return self._n_points
 
     @property
     def nbytes(self) -> int:
-        return int(sum(s.steps.nbytes + s.patterns.nbytes + s.calib.nbytes for s in self._scales))
+        """Bytes held by the detector's buffers (bounded by the config)."""
+        return int(self._steps.nbytes + self._patterns.nbytes + self._calib.nbytes)
 
     def update(self, timestamp: float, value: float) -> Score:
+        """Score one point using only the past, then learn it.
+
+        Args:
+            timestamp: The point's timestamp in seconds (echoed back only).
+            value: The observed value; a non-finite value is scored 0 and not learned.
+
+        Returns:
+            The point's :class:`Score`.
+        """
         if not math.isfinite(value):
             return Score(timestamp, value, 0.0, is_anomaly=False)
         self._n_points += 1
         self._block.append(value)
         if len(self._block) < self._step:
             return Score(timestamp, value, 0.0, is_anomaly=False)
+        rep = self._reduce_block()
+        self._block.clear()
+        return self._score_step(timestamp, value, rep)
+
+    def _reduce_block(self) -> float:
         block = self._block
-        self._block = []
-        fired = []
-        for i, sc in enumerate(self._scales):
-            nov = sc.push(block)
-            if nov is not None:
-                self._novelty[i] = nov
-                fired.append(sc)
-        if not fired:
-            return Score(timestamp, value, 0.0, is_anomaly=False)
+        mean = sum(block) / len(block)
+        self._ewma = mean if math.isnan(self._ewma) else 0.5 * (self._ewma + mean)
+        hi, lo = max(block), min(block)
+        return hi if abs(hi - self._ewma) >= abs(lo - self._ewma) else lo
+
+    def _score_step(self, timestamp: float, value: float, rep: float) -> Score:
         cfg = self.config
-        novelty = max(self._novelty[i] for i, sc in enumerate(self._scales) if sc in fired)
-        score = novelty / (1.0 + novelty)
+        self._steps[:-1] = self._steps[1:]
+        self._steps[-1] = rep
+        self._n_steps += 1
+        if self._n_steps < cfg.window:
+            return Score(timestamp, value, 0.0, is_anomaly=False)
+        pattern = self._steps.copy()
+        dist, expected, usable = self._distance(pattern)
+        novelty = self._calibrated(dist, pattern) if usable else 0.0
+        self._patterns[self._n_patterns % cfg.memory_steps] = pattern
+        self._n_patterns += 1
+        if usable and self._n_points > cfg.warmup_points * cfg.calibration_start:
+            self._calib[self._n_calib % cfg.calibration_steps] = dist
+            self._n_calib += 1
+        peak = self._is_peak(novelty)
         warm = self._n_points > cfg.warmup_points
-        since = self._n_points - self._last_alert
-        suppressed = since < cfg.suppress_for_points
-        if suppressed and cfg.rearm > 0 and novelty >= cfg.rearm * self._last_alert_novelty:
-            suppressed = False
-        if cfg.mode == "new":
-            R = cfg.suppress_for_points
-            while self._recent and self._n_points - self._recent[0][0] >= R:
-                self._recent.popleft()
-            if cfg.decay > 0:
-                prev = self._level * math.exp(-(self._step) / (cfg.decay * R))
-            else:
-                prev = max((v for _, v in self._recent), default=0.0)
-            top = novelty > prev
-            while self._fired and self._n_points - self._fired[0][0] >= R:
-                self._fired.popleft()
-            fprev = max((v for _, v in self._fired), default=0.0)
-            if top and novelty > cfg.rearm * fprev:
-                self._fired.append((self._n_points, novelty))
-            else:
-                top = False
-            while self._recent and self._recent[-1][1] <= novelty:
-                self._recent.pop()
-            self._recent.append((self._n_points, novelty))
-            self._level = max(prev, novelty)
-            is_anomaly = warm and top and novelty >= cfg.alert_novelty
-            if not (warm and top):
-                score = score * cfg.quiet_scale if warm else 0.0
-        else:
-            is_anomaly = warm and not suppressed and novelty >= cfg.alert_novelty
-            if is_anomaly:
-                self._last_alert = self._n_points
-                self._last_alert_novelty = novelty
-            else:
-                score = score * cfg.quiet_scale if warm else 0.0
-        if self._n_points > cfg.warmup_points * cfg.calibration_start:
-            skip = cfg.calib_skip_alert and since < cfg.calib_skip_alert
-            for sc in fired:
-                if not skip:
-                    sc.learn_calib()
-        return Score(timestamp, value, score, is_anomaly, novelty, math.nan, {})
+        score = novelty / (1.0 + novelty)
+        is_anomaly = warm and peak and novelty >= cfg.alert_novelty
+        if not (warm and peak):
+            # Only peaks rank high: NAB (and an operator) values one early alert per incident.
+            score = score * cfg.quiet_scale if warm else 0.0
+        contributions = {
+            "pattern_novelty": novelty,
+            "pattern_distance": dist,
+            "step_value": rep,
+            "expected": expected,
+        }
+        return Score(timestamp, value, score, is_anomaly, novelty, expected, contributions)
+
+    def _is_peak(self, novelty: float) -> bool:
+        now, horizon = self._n_points, self._refractory
+        recent, peaks = self._recent, self._peaks
+        while recent and now - recent[0][0] >= horizon:
+            recent.popleft()
+        while peaks and now - peaks[0][0] >= horizon:
+            peaks.popleft()
+        beats_recent = not recent or novelty > recent[0][1]
+        while recent and recent[-1][1] <= novelty:
+            recent.pop()
+        recent.append((now, novelty))
+        last_peak = peaks[-1][1] if peaks else 0.0
+        peak = beats_recent and novelty > 0.0 and novelty > self.config.rearm_factor * last_peak
+        if peak:
+            peaks.append((now, novelty))
+        return peak
+
+    def _distance(self, pattern: np.ndarray) -> tuple[float, float, bool]:
+        cfg = self.config
+        held = min(self._n_patterns, cfg.memory_steps)
+        # The newest `window` patterns overlap the current one: trivial matches, skip them.
+        if held - cfg.window <= 0:
+            return 0.0, math.nan, False
+        past = self._patterns[:held]
+        diff = past - pattern
+        sq = np.einsum("ij,ij->i", diff, diff)
+        newest = (self._n_patterns - 1) % cfg.memory_steps
+        sq[(newest - self._overlap) % cfg.memory_steps] = np.inf
+        k = min(cfg.neighbours, held - cfg.window)
+        idx = np.argpartition(sq, k - 1)[:k]
+        dist = math.sqrt(float(sq[idx].mean()) / cfg.window)
+        return dist, float(np.median(past[idx, -1])), True
+
+    def _calibrated(self, dist: float, pattern: np.ndarray) -> float:
+        cfg = self.config
+        n_cal = min(self._n_calib, cfg.calibration_steps)
+        if n_cal < _MIN_CALIBRATION:
+            return 0.0
+        cal = self._calib[:n_cal]
+        # The tail threshold: the tail_quantile of the distances, linearly interpolated.
+        pos = cfg.tail_quantile * (n_cal - 1)
+        kth = int(pos)
+        ordered = np.partition(cal, (kth, min(kth + 1, n_cal - 1)))
+        u = float(ordered[kth])
+        if kth + 1 < n_cal:
+            u += (pos - kth) * (float(ordered[kth + 1]) - u)
+        if dist <= u:
+            # Body of the distribution: the empirical (conformal) tail fraction.
+            return -math.log10((float(np.count_nonzero(cal >= dist)) + 1.0) / (n_cal + 1.0))
+        excess = ordered[kth + 1 :] - u
+        excess = excess[excess > 0]
+        log_p_u = math.log10((excess.shape[0] + 1.0) / (n_cal + 1.0))
+        # Tiny floor: a noiseless series (all distances 0) makes any change maximally novel.
+        floor = 1e-9 * (abs(float(pattern.mean())) + 1.0)
+        scale = self._tail_scale(excess, u, floor)
+        return min(-log_p_u + (dist - u) / scale / _LN10, _MAX_NOVELTY)
+
+    @staticmethod
+    def _tail_scale(excess: np.ndarray, u: float, floor: float) -> float:
+        if excess.shape[0] < _MIN_WINDOW:
+            return max(u, floor)
+        mean = float(excess.mean())
+        var = float(excess.var())
+        # Method-of-moments scale of a generalised Pareto tail with the shape held at 0.
+        scale = 0.5 * mean * (mean * mean / var + 1.0) if var > 0 else mean
+        return max(scale, floor)
