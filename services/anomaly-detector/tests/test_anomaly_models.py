@@ -109,3 +109,14 @@ def test_threshold_rejects_bad_knobs():
         AdaptiveThreshold(target_rate=0.0)
     with pytest.raises(ValueError, match="step"):
         AdaptiveThreshold(step=1.5)
+
+
+def test_false_positive_moves_a_cut_held_up_by_the_floor_past_the_score():
+    rng = np.random.default_rng(9)
+    cut = AdaptiveThreshold(target_rate=0.05, min_samples=50, floor=0.9)
+    for s in rng.uniform(0, 0.2, 500):  # the quantile sits far below the floor
+        cut.observe(float(s))
+    assert cut.value == 0.9
+    after = cut.feedback("false_positive", score=0.95)
+    assert after > 0.95
+    assert not cut.observe(0.95)

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 from anomaly_detector.app import create_app
-from backbone.errors import BackboneError
+from anomaly_detector.settings import SERVICE_NAME
+from backbone.service import service_main
 
 
 def main() -> None:
     """Run the detector until SIGTERM/SIGINT; configuration errors exit with status 2."""
-    try:
-        app = create_app()
-    except BackboneError as exc:
-        sys.stderr.write(f"anomaly-detector: {exc}\n")
-        raise SystemExit(2) from None
-    asyncio.run(app.run())
+    service_main(SERVICE_NAME, create_app)
 
 
 if __name__ == "__main__":

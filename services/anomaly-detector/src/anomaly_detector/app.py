@@ -2,7 +2,8 @@
 
 Start-up order (so a restart does not blind the detector and nothing is learned twice):
 
-1. connect to NATS (retrying with backoff), serve ``/livez`` ``/readyz`` ``/metrics``;
+1. serve ``/livez`` ``/readyz`` ``/metrics``, connect to NATS (retrying with backoff), start
+   the ``system.metrics.anomaly-detector`` reporter (:class:`backbone.service.ServiceRuntime`);
 2. note SYSTEM_EVENTS' last sequence ``L``;
 3. replay ``system.metrics.>`` from ``now - replay_window_s`` through ``L`` with an ephemeral
    consumer into the models, emitting nothing;
@@ -18,8 +19,8 @@ random replicas and leave every replica with a broken series; snapshots are smal
 reading them all is cheap. A lost replica's share is unwatched until it is restarted (a
 StatefulSet does that).
 
-Shutdown (SIGTERM/SIGINT): stop consuming (in-flight snapshot finishes and is acknowledged),
-revert automatic actions still in force, stop reporting, drain NATS, stop the ops server.
+Shutdown (SIGTERM/SIGINT): stop reporting, stop consuming (in-flight snapshot finishes and is
+acknowledged), revert automatic actions still in force, drain NATS, stop the ops server.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import signal
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -46,11 +45,8 @@ from anomaly_detector.handlers import (
 )
 from anomaly_detector.service import DetectorService
 from anomaly_detector.settings import SERVICE_NAME, Settings
-from backbone.errors import BackboneError
-from backbone.messaging import Consumer, Publisher, connect, load_catalog
-from backbone.ops import OpsServer
-from backbone.settings import load_settings
-from backbone.telemetry import Metrics, MetricsReporter, configure_logging, setup_telemetry
+from backbone.messaging import Consumer
+from backbone.service import ServiceRuntime, load_service_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,6 +55,9 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from backbone.events import CloudEvent
+    from backbone.messaging import Publisher
+    from backbone.ops import OpsServer
+    from backbone.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -84,92 +83,62 @@ class AnomalyApp:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.metrics = Metrics()
-        self.ops: OpsServer | None = None
-        self.nc: Client | None = None
+        self.runtime = ServiceRuntime(
+            SERVICE_NAME,
+            settings,
+            readiness={"models": self._ready_models},
+            handle_signals=install_signal_handlers,
+        )
+        self.metrics = self.runtime.metrics
         self.service: DetectorService | None = None
         self.sink: FindingSink | None = None
         self.consumer: Consumer | None = None
         self.poller: StatsPoller | None = None
         self.feedback: FeedbackFollower | None = None
-        self.reporter: MetricsReporter | None = None
         self.replayed = 0
         self.ready = asyncio.Event()
-        self._install_signals = install_signal_handlers
-        self._stop = asyncio.Event()
+        self._stop = self.runtime.stopping
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ops(self) -> OpsServer | None:
+        """The ops server (``/livez`` ``/readyz`` ``/metrics``), once started."""
+        return self.runtime.ops
+
+    @property
+    def nc(self) -> Client | None:
+        """The NATS client, once connected."""
+        return self.runtime.nc
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown."""
-        self._stop.set()
+        self.runtime.request_stop()
 
     def owns(self, entity: str) -> bool:
         """Whether this replica watches ``entity``."""
         cfg = self.settings.anomaly
         return owner_of(entity, cfg.replica_count) == cfg.replica_index
 
-    def _ready_nats(self) -> bool:
-        return self.nc is not None and self.nc.is_connected
-
     def _ready_models(self) -> bool:
         return self.ready.is_set()
 
-    async def _connect(self) -> Client | None:
-        delay_s = 0.1
-        while not self._stop.is_set():
-            try:
-                return await connect(self.settings.nats, name=SERVICE_NAME)
-            except BackboneError as exc:
-                log.warning("NATS not reachable yet (%s); retrying in %.1f s", exc, delay_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay_s * random.uniform(0.5, 1.0)):  # noqa: S311
-                    await self._stop.wait()
-            delay_s = min(delay_s * 2, 5.0)
-        return None
-
     async def run(self) -> None:
         """Serve until stopped."""
-        settings = self.settings
-        telemetry = setup_telemetry(settings, service_name=SERVICE_NAME)
-        if self._install_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-        catalog = load_catalog(settings.streams_file)
-        self.ops = OpsServer(
-            host=settings.http.host,
-            port=settings.http.port,
-            metrics=self.metrics,
-            readiness={"nats": self._ready_nats, "models": self._ready_models},
+        await self.runtime.run(self._detect)
+
+    async def _detect(self, ctx: ServiceContext[Settings]) -> None:
+        ctx.add_cleanup(self._shutdown)
+        await self._start(ctx.nc, ctx.publisher)
+        for name, gauge in self._gauges().items():
+            ctx.add_gauge(name, gauge)
+        self.ready.set()
+        log.info(
+            "anomaly-detector watching (replica %d/%d, %d snapshots replayed)",
+            self.settings.anomaly.replica_index,
+            self.settings.anomaly.replica_count,
+            self.replayed,
         )
-        await self.ops.start()
-        log.info("anomaly-detector ops endpoint on %s", self.ops.url)
-        try:
-            self.nc = await self._connect()
-            if self.nc is None:
-                return
-            await self._start(self.nc, Publisher(self.nc, catalog=catalog, metrics=self.metrics))
-            if settings.telemetry.publish_metrics:
-                self.reporter = MetricsReporter(
-                    self.metrics,
-                    service=SERVICE_NAME,
-                    publish=Publisher(self.nc, catalog=catalog).publish,
-                    interval_s=settings.telemetry.metrics_interval_s,
-                    instance=telemetry.instance_id,
-                    gauges=self._gauges(),
-                )
-                self.reporter.start()
-            self.ready.set()
-            log.info(
-                "anomaly-detector watching (replica %d/%d, %d snapshots replayed)",
-                settings.anomaly.replica_index,
-                settings.anomaly.replica_count,
-                self.replayed,
-            )
-            await self._stop.wait()
-        finally:
-            await self._shutdown()
-            telemetry.shutdown()
+        await ctx.stopping.wait()
 
     def _gauges(self) -> dict[str, Callable[[], float]]:
         service = self.service
@@ -298,13 +267,6 @@ class AnomalyApp:
                 action.expires_at_s = -float("inf")
             with contextlib.suppress(Exception):
                 await self.sink.expire_due()
-        if self.reporter is not None:
-            await self.reporter.stop()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
-        if self.ops is not None:
-            await self.ops.stop()
 
 
 def create_app(
@@ -319,8 +281,5 @@ def create_app(
         ConfigError: A setting is invalid (names the variable).
     """
     if settings is None:
-        settings = load_settings(Settings)
-        configure_logging(
-            level=settings.log_level, fmt=settings.log_format, service_name=SERVICE_NAME
-        )
+        settings = load_service_settings(Settings, service_name=SERVICE_NAME)
     return AnomalyApp(settings, install_signal_handlers=install_signal_handlers, clock=clock)

@@ -62,14 +62,16 @@ class AdaptiveThreshold:
         self._n = 0
         self._offset = 0.0
 
+    def _base(self) -> float:
+        n = min(self._n, self._scores.shape[0])
+        if n < self.min_samples:
+            return self.initial
+        return float(np.quantile(self._scores[:n], 1.0 - self.target_rate))
+
     @property
     def value(self) -> float:
         """The current cut: scores at or above it are anomalies."""
-        n = min(self._n, self._scores.shape[0])
-        base = self.initial
-        if n >= self.min_samples:
-            base = float(np.quantile(self._scores[:n], 1.0 - self.target_rate))
-        return float(min(max(base + self._offset, self.floor), self.ceiling))
+        return float(min(max(self._base() + self._offset, self.floor), self.ceiling))
 
     def observe(self, score: float) -> bool:
         """Judge ``score`` against the current cut, then learn it.
@@ -99,10 +101,12 @@ class AdaptiveThreshold:
             self.target_rate = max(self.target_rate * (1.0 - self.step), 1e-6)
             target = max(before, score if score is not None else before)
             margin = self.step * max(1.0 - target, 1e-3)
-            self._offset += target + margin - self.value
+            # Place the *unclamped* cut: relative to the clamped value, a cut held up by the
+            # floor would not move past the score at all.
+            self._offset = target + margin - self._base()
         else:
             self.target_rate = min(self.target_rate / (1.0 - self.step), 0.5)
             target = min(before, score if score is not None else before)
             margin = self.step * max(target, 1e-3)
-            self._offset += target - margin - self.value
+            self._offset = target - margin - self._base()
         return self.value
