@@ -136,7 +136,10 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(process, st
                 accepted.append(f"g-{index}")
 
         tasks = [asyncio.create_task(send(i)) for i in range(200)]
-        await asyncio.sleep(0.05)
+        # Terminate while requests are in flight: after the first 202, before the last one.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not accepted and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
         code = await asyncio.to_thread(process.terminate)
         await asyncio.gather(*tasks)
     assert code == 0, process.log_file.read_text()[-2000:]
