@@ -17,6 +17,7 @@ SUITE = [
     ("schemas", ["bench_schemas.py"]),
     ("outbox", ["bench_outbox.py"]),
     ("gateway", ["bench_gateway.py"]),
+    ("faststream comparison", ["bench_faststream.py"]),
     ("anomaly (NAB)", ["bench_anomaly.py"]),
 ]
 

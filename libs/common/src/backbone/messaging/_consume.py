@@ -273,7 +273,7 @@ class Consumer:
                 ConsumeError(f"delivered {delivery.num_delivered} times without an ack"),
             )
             return
-        key = f"{self.durable}.{dedup_id(event)}"
+        key = f"{self.durable}.{dedup_id(event)}" if self.idempotency is not None else ""
         if self.idempotency is not None and await self.idempotency.seen(key):
             self.stats.skipped_duplicates += 1
             await msg.ack()
