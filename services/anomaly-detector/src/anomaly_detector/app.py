@@ -46,7 +46,7 @@ from anomaly_detector.handlers import (
 from anomaly_detector.service import DetectorService
 from anomaly_detector.settings import SERVICE_NAME, Settings
 from backbone.messaging import Consumer
-from backbone.service import ServiceRuntime, load_service_settings
+from backbone.service import ServiceApp, ServiceRuntime, load_service_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
     from backbone.events import CloudEvent
     from backbone.messaging import Publisher
-    from backbone.ops import OpsServer
     from backbone.service import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ _FEEDBACK_HISTORY_WAIT_S = 5.0
 _EXPIRY_TICK_S = 1.0
 
 
-class AnomalyApp:
+class AnomalyApp(ServiceApp[Settings]):
     """One detector replica. ``await run()`` until SIGTERM/SIGINT or :meth:`request_stop`.
 
     Args:
@@ -81,15 +80,15 @@ class AnomalyApp:
         install_signal_handlers: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.runtime = ServiceRuntime(
-            SERVICE_NAME,
-            settings,
-            readiness={"models": self._ready_models},
-            handle_signals=install_signal_handlers,
+        super().__init__(
+            ServiceRuntime(
+                SERVICE_NAME,
+                settings,
+                readiness={"models": self._ready_models},
+                handle_signals=install_signal_handlers,
+            )
         )
-        self.metrics = self.runtime.metrics
+        self.clock = clock
         self.service: DetectorService | None = None
         self.sink: FindingSink | None = None
         self.consumer: Consumer | None = None
@@ -100,20 +99,6 @@ class AnomalyApp:
         self._stop = self.runtime.stopping
         self._tasks: list[asyncio.Task[None]] = []
 
-    @property
-    def ops(self) -> OpsServer | None:
-        """The ops server (``/livez`` ``/readyz`` ``/metrics``), once started."""
-        return self.runtime.ops
-
-    @property
-    def nc(self) -> Client | None:
-        """The NATS client, once connected."""
-        return self.runtime.nc
-
-    def request_stop(self) -> None:
-        """Begin a graceful shutdown."""
-        self.runtime.request_stop()
-
     def owns(self, entity: str) -> bool:
         """Whether this replica watches ``entity``."""
         cfg = self.settings.anomaly
@@ -122,11 +107,8 @@ class AnomalyApp:
     def _ready_models(self) -> bool:
         return self.ready.is_set()
 
-    async def run(self) -> None:
-        """Serve until stopped."""
-        await self.runtime.run(self._detect)
-
-    async def _detect(self, ctx: ServiceContext[Settings]) -> None:
+    async def main(self, ctx: ServiceContext[Settings]) -> None:
+        """Rebuild the models, then watch until stopped."""
         ctx.add_cleanup(self._shutdown)
         await self._start(ctx.nc, ctx.publisher)
         for name, gauge in self._gauges().items():

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
-from backbone.errors import BackboneError
+from backbone.service import service_main
 from outbox_relay.app import create_app
+from outbox_relay.settings import SERVICE_NAME
 
 
 def main() -> None:
     """Run the relay until SIGTERM/SIGINT; configuration errors exit with status 2."""
-    try:
-        app = create_app()
-    except BackboneError as exc:
-        sys.stderr.write(f"outbox-relay: {exc}\n")
-        raise SystemExit(2) from None
-    asyncio.run(app.run())
+    service_main(SERVICE_NAME, create_app)
 
 
 if __name__ == "__main__":

@@ -1,58 +1,23 @@
-"""Plain pieces the app wires together: NATS connection with backoff, outbox status gauges."""
+"""Plain pieces the app wires together: outbox status gauges."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from backbone.errors import BackboneError
-from backbone.messaging import connect
 from backbone.outbox import OutboxRelay, OutboxStatus, outbox_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from nats.aio.client import Client
-
-    from backbone.settings import NatsSettings
     from backbone.telemetry import GaugeCallback
 
 log = logging.getLogger(__name__)
-
-
-async def connect_with_backoff(
-    settings: NatsSettings,
-    *,
-    name: str,
-    stop: asyncio.Event,
-    initial_s: float = 0.1,
-    max_s: float = 5.0,
-) -> Client | None:
-    """Connect to NATS, retrying with capped, jittered backoff until it works or ``stop`` is set.
-
-    The relay must come up even when NATS is still starting; once connected, nats-py reconnects
-    by itself (``max_reconnect_attempts=-1``).
-
-    Returns:
-        The client, or ``None`` when stopped first.
-    """
-    delay_s = initial_s
-    while not stop.is_set():
-        try:
-            return await connect(settings, name=name)
-        except BackboneError as exc:
-            log.warning("NATS not reachable yet (%s); retrying in %.1f s", exc, delay_s)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay_s / 2 + random.uniform(0, delay_s / 2)):  # noqa: S311
-                await stop.wait()
-        delay_s = min(delay_s * 2, max_s)
-    return None
 
 
 class StatusGauges:
