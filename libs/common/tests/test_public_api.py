@@ -10,6 +10,7 @@ PACKAGES = [
     "backbone.outbox",
     "backbone.resilience",
     "backbone.schemas",
+    "backbone.service",
     "backbone.telemetry",
 ]
 
@@ -34,7 +35,10 @@ def test_all_is_sorted_and_complete(name):
         key
         for key, value in vars(module).items()
         if not key.startswith("_")
-        and getattr(value, "__module__", "").startswith(name.split(".")[0])
+        and (
+            getattr(value, "__module__", "") == name
+            or getattr(value, "__module__", "").startswith(name + "._")
+        )
         and not isinstance(value, type(importlib))
     }
     assert public <= set(exported) | {"annotations"}

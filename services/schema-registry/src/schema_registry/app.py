@@ -55,7 +55,6 @@ class RegistryApp(ServiceApp[RegistrySettings]):
                 readiness={"endpoints": lambda: self.service is not None},
                 ops_server=with_ops_server,
                 handle_signals=install_signal_handlers,
-                publish_metrics=False,
                 instance=self.instance,
                 connection_name=f"{SERVICE_NAME}:{self.instance}",
                 drain_timeout_s=settings.registry.drain_timeout_s,

@@ -98,6 +98,8 @@ class ResilienceControl:
         """Subscribe (every replica, no queue group)."""
         if self._sub is None:
             self._sub = await self.nc.subscribe(self.subject, cb=self._on_msg)
+            # Make sure the server has the subscription before callers rely on it.
+            await self.nc.flush()
 
     async def stop(self) -> None:
         """Unsubscribe."""

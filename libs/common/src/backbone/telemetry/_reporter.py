@@ -127,6 +127,7 @@ class MetricsReporter:
         self._clock = clock
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.reports_published = 0
         self.reports_failed = 0
 
@@ -222,7 +223,7 @@ class MetricsReporter:
 
     async def _run(self) -> None:
         next_at = self._clock() + self.interval_s
-        while True:
+        while not self._stopping:
             await self._sleep(max(next_at - self._clock(), 0.0))
             try:
                 await self.report_once()
@@ -239,6 +240,7 @@ class MetricsReporter:
             return
         # The first window starts now, not when the metrics were created.
         self.metrics.take_window()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"metrics-reporter-{self.service}")
 
     async def stop(self) -> None:
@@ -246,7 +248,15 @@ class MetricsReporter:
         task, self._task = self._task, None
         if task is None:
             return
+        self._stopping = True
         task.cancel()
+        # A library awaiting inside the publish can swallow a cancellation (nats-py's wait_for
+        # on Python 3.11 when the PubAck lands at the same moment): the flag ends the loop at
+        # its next turn, and the task is cancelled again until it is done.
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done():
+                task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
