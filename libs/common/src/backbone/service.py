@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import signal
 import sys
@@ -53,7 +52,7 @@ from backbone.errors import BackboneError, ConfigError
 from backbone.events import CloudEvent
 from backbone.messaging import Publisher, connect, load_catalog
 from backbone.ops import OpsServer
-from backbone.resilience import ResilienceControl
+from backbone.resilience import Backoff, ResilienceControl
 from backbone.settings import SettingsT, load_settings
 from backbone.telemetry import (
     Metrics,
@@ -132,7 +131,7 @@ async def connect_with_backoff(
     Returns:
         The client, or ``None`` when stopped first.
     """
-    delay_s = initial_s
+    backoff = Backoff(initial_s, max_s)
     while not stop.is_set():
         # nats-py retries an unreachable server inside connect() itself when reconnects are
         # unlimited, so the attempt races the stop event: SIGTERM must not wait for NATS.
@@ -151,11 +150,11 @@ async def connect_with_backoff(
         try:
             return attempt.result()
         except BackboneError as exc:
+            delay_s = backoff.next_s()
             _log.warning("NATS not reachable yet (%s); retrying in %.1f s", exc, delay_s)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay_s * random.uniform(0.5, 1.0)):  # noqa: S311 - jitter
+            async with asyncio.timeout(delay_s):
                 await stop.wait()
-        delay_s = min(delay_s * 2, max_s)
     return None
 
 

@@ -117,17 +117,8 @@ class RequestTelemetry:
         method = scope["method"]
         parent = extract_trace_context(carrier) if carrier else None
         start = time.perf_counter()
-        status_code = 500
+        status = [500]  # the response status, once known
         trace_headers: list[tuple[bytes, bytes]] = []
-
-        async def send_with_trace(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-                if trace_headers:
-                    message["headers"] = [*message.get("headers", []), *trace_headers]
-            await send(message)
-
         try:
             if self.record_spans:
                 with self.tracer.start_as_current_span(
@@ -138,20 +129,46 @@ class RequestTelemetry:
                 ) as span:
                     trace_headers.extend(_trace_headers(span.get_span_context()))
                     try:
-                        await self._dispatch(scope, receive, send_with_trace, route, method)
+                        await self._dispatch(scope, receive, send, route, trace_headers, status)
                     finally:
-                        _end_server_span(span, status_code)
+                        _end_server_span(span, status[0])
             elif parent is not None:
                 trace_headers.extend(_trace_headers(get_current_span(parent).get_span_context()))
                 token = attach(parent)
                 try:
-                    await self._dispatch(scope, receive, send_with_trace, route, method)
+                    await self._dispatch(scope, receive, send, route, trace_headers, status)
                 finally:
                     detach(token)
             else:
-                await self._dispatch(scope, receive, send_with_trace, route, method)
+                await self._dispatch(scope, receive, send, route, trace_headers, status)
         finally:
-            self._count(route, status_code, time.perf_counter() - start)
+            self._count(route, status[0], time.perf_counter() - start)
+
+    async def _dispatch(  # noqa: PLR0917 - one request's state, passed, not allocated
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: str,
+        trace_headers: list[tuple[bytes, bytes]],
+        status: list[int],
+    ) -> None:
+        if route == "/v1/events" and scope["method"] == "POST":
+            # The ingest fast path reports its status and adds the trace headers itself, so its
+            # two sends skip the wrapper below.
+            status[0] = await self.handlers.post_events_asgi(
+                scope, receive, send, extra_headers=trace_headers
+            )
+            return
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                if trace_headers:
+                    message["headers"] = [*message.get("headers", []), *trace_headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace)
 
     def _count(self, route: str, status_code: int, duration_s: float) -> None:
         # Labelled children cached: `.labels()` validates and locks on every call.
@@ -164,13 +181,29 @@ class RequestTelemetry:
         children[0].inc()
         children[1].observe(duration_s)
 
-    async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, route: str, method: str
-    ) -> None:
-        if route == "/v1/events" and method == "POST":
-            await self.handlers.post_events_asgi(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+
+class _GatewayApp(Starlette):
+    """Starlette, with ``POST /v1/events`` handed straight to :class:`RequestTelemetry`.
+
+    Starlette's outermost ``ServerErrorMiddleware`` wraps every send in a closure; on the ingest
+    path, which renders its own problems, that is pure per-request cost. An exception escaping
+    there still reaches the server, which answers 500 as that middleware would.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI scope."""
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/v1/events"
+            and scope["method"] == "POST"
+            and self.middleware_stack is not None
+        ):
+            telemetry = self.middleware_stack.app  # type: ignore[attr-defined]
+            if isinstance(telemetry, RequestTelemetry):
+                scope["app"] = self
+                await telemetry(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _end_server_span(span: Span, status_code: int) -> None:
@@ -253,7 +286,7 @@ def create_app(
             },
         ),
     ]
-    app = Starlette(
+    app = _GatewayApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_problem},

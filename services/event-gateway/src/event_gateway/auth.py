@@ -52,6 +52,7 @@ ALL_SCOPES: Final = "*"
 DEV_KEY_NAME: Final = "dev"
 ANONYMOUS: Final = "anonymous"
 _BEARER: Final = "bearer "
+_DIGEST_CACHE_MAX: Final = 1024
 
 
 def hash_key(key: str) -> bytes:
@@ -127,6 +128,11 @@ class KeyStore:
         self._keys = tuple(keys)
         self.allow_unauthenticated = allow_unauthenticated
         self._anonymous = Principal(ANONYMOUS, (ALL_SCOPES,))
+        # Valid presented key -> its SHA-256: clients send the same key on every request. Only
+        # the hashing is skipped; the constant-time comparison with every stored digest still
+        # runs. Wrong keys are never remembered (no growth, no plaintext kept from a flood), and
+        # the answer (401 or not) already tells whether a key is valid.
+        self._digests: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -161,13 +167,18 @@ class KeyStore:
         return store
 
     def _match(self, presented: str) -> Principal | None:
-        digest = hash_key(presented)
+        cached = self._digests.get(presented)
+        digest = hash_key(presented) if cached is None else cached
         found: Principal | None = None
         # Compare against every key, without stopping early: the time taken does not tell
         # which key matched or whether one did.
         for key in self._keys:
             if hmac.compare_digest(digest, key.digest):
                 found = key.principal
+        if found is not None and cached is None:
+            if len(self._digests) >= _DIGEST_CACHE_MAX:
+                self._digests.clear()
+            self._digests[presented] = digest
         return found
 
     def authenticate(

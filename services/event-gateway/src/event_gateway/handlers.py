@@ -30,7 +30,7 @@ from event_gateway.problems import PROBLEM_CONTENT_TYPE, ProblemError
 from event_gateway.webhooks import generic_event, github_event
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from starlette.requests import Request
     from starlette.types import Receive, Scope, Send
@@ -50,6 +50,7 @@ _STRUCTURED_JSON: Final = "application/cloudevents+json"
 _BATCH_JSON: Final = "application/cloudevents-batch+json"
 _WEBHOOK_SCOPES: Final = ("github",)
 _JSON_HEADERS: Final = {"content-type": JSON}
+_JSON_CONTENT_TYPE: Final = (b"content-type", JSON.encode("ascii"))
 
 
 def _json(body: object, status: int = 202) -> Response:
@@ -157,25 +158,43 @@ class Handlers:
         status, body, headers = await self.ingest(request.scope, request.receive)
         return Response(body, status_code=status, headers=dict(headers))
 
-    async def post_events_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``POST /v1/events`` as a bare ASGI app (the hot path skips Starlette's machinery)."""
+    async def post_events_asgi(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> int:
+        """``POST /v1/events`` as a bare ASGI app (the hot path skips Starlette's machinery).
+
+        Args:
+            scope: The ASGI scope.
+            receive: The ASGI receive callable.
+            send: The ASGI send callable.
+            extra_headers: Response headers to add (the trace headers of the middleware).
+
+        Returns:
+            The response status (for the request metrics).
+        """
         status, body, headers = await self.ingest(scope, receive)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", headers["content-type"].encode("latin-1")),
-                    (b"content-length", b"%d" % len(body)),
-                    *(
-                        (k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in headers.items()
-                        if k != "content-type"
-                    ),
-                ],
-            }
-        )
+        if headers is _JSON_HEADERS:  # every success: the header list without a dict walk
+            response_headers = [_JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
+        else:
+            response_headers = [
+                (b"content-type", headers["content-type"].encode("latin-1")),
+                (b"content-length", b"%d" % len(body)),
+                *(
+                    (k.encode("latin-1"), v.encode("latin-1"))
+                    for k, v in headers.items()
+                    if k != "content-type"
+                ),
+            ]
+        if extra_headers:
+            response_headers.extend(extra_headers)
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
+        return status
 
     async def ingest(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         """Run ``POST /v1/events``: ``(status, body, headers)``, problems rendered."""
@@ -282,9 +301,13 @@ class Handlers:
             )
         if header_size + len(body) > self.max_event_bytes:
             raise ProblemError(413, "too-large", f"event exceeds {self.max_event_bytes} bytes")
-        if content_type.strip():
-            attributes["datacontenttype"] = content_type.strip()
-        return _parse(lambda: from_binary_parts(attributes, body))
+        content_type = content_type.strip()
+        if content_type:
+            attributes["datacontenttype"] = content_type
+        try:
+            return from_binary_parts(attributes, body)
+        except EventError as exc:
+            raise _invalid(exc) from None
 
     async def _batch(
         self,
@@ -511,10 +534,14 @@ def _parse(build: Any) -> CloudEvent:  # noqa: ANN401 - a zero-argument callable
     try:
         event: CloudEvent = build()
     except EventError as exc:
-        raise ProblemError(
-            400, "invalid-attribute", str(exc), attribute=exc.attribute, event_id=exc.event_id
-        ) from None
+        raise _invalid(exc) from None
     return event
+
+
+def _invalid(exc: EventError) -> ProblemError:
+    return ProblemError(
+        400, "invalid-attribute", str(exc), attribute=exc.attribute, event_id=exc.event_id
+    )
 
 
 def _failed(index: int, problem: ProblemError, item: object) -> dict[str, Any]:

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 BATCH_SPAN_ATTRIBUTE: Final = "messaging.batch.message_count"
+_ROUTE_CACHE_MAX: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class GatewayService:
         self.global_limiter = global_limiter
         self.record_spans = record_spans
         self.in_flight = 0
+        self._routed: dict[str, str] = {}  # event type -> subject captured by a stream
         self._rejections = metrics.counter(
             "gateway_rejections", "Events and requests refused, by reason.", ("reason",)
         )
@@ -210,8 +212,7 @@ class GatewayService:
                 )
             )
         try:
-            subject = subject_for(event_type)
-            self.catalog.stream_for(subject)
+            subject = self._routed.get(event_type) or self._route(event_type)
         except EventError as exc:
             raise self.reject(
                 ProblemError(
@@ -236,6 +237,15 @@ class GatewayService:
             else:
                 event = event.with_extensions(**{DETECTED_EXTENSION: scanned.fields})
         return event, subject
+
+    def _route(self, event_type: str) -> str:
+        """``subject_for`` + the stream check, remembered per type once they pass (both pure)."""
+        subject = subject_for(event_type)
+        self.catalog.stream_for(subject)
+        if len(self._routed) >= _ROUTE_CACHE_MAX:
+            self._routed.clear()
+        self._routed[event_type] = subject
+        return subject
 
     def _validate(self, event: CloudEvent, *, masked: bool = False) -> None:
         if self.schemas is None:

@@ -14,10 +14,12 @@ from backbone._events._model import (
     CloudEvent,
     normalize,
 )
+from backbone._events._values import _repeated as _repeated_header_values
 from backbone._events._values import (
     attribute_to_string,
     decode_header_value,
     encode_header_value,
+    encode_repeated_header_value,
     format_timestamp,
     is_json_content_type,
 )
@@ -30,6 +32,10 @@ CE_HEADER_PREFIX: Final = "ce-"
 CONTENT_TYPE_HEADER: Final = "Content-Type"
 _CLOUDEVENTS_MEDIA_PREFIX: Final = "application/cloudevents"
 _STRUCTURED_HEADERS: Final = {CONTENT_TYPE_HEADER: STRUCTURED_CONTENT_TYPE}
+_blake2b: Final = hashlib.blake2b
+# datacontenttype -> whether it is also copied to Content-Type (not when it reads as structured).
+_COPY_CONTENT_TYPE_MAX: Final = 256
+_copy_content_type: dict[str, bool] = {}
 
 
 def dedup_id(event: CloudEvent) -> str:
@@ -38,11 +44,8 @@ def dedup_id(event: CloudEvent) -> str:
     The spec makes ``source`` + ``id`` the identity of an event. Neither may contain NUL (a control
     character), so the join is unambiguous; the digest keeps the header short, ASCII and stable.
     """
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(event.source.encode("utf-8"))
-    digest.update(b"\0")
-    digest.update(event.id.encode("utf-8"))
-    return digest.hexdigest()
+    # One buffer, one call: the same digest as feeding source, NUL and id one after the other.
+    return _blake2b(f"{event.source}\0{event.id}".encode(), digest_size=16).hexdigest()
 
 
 def data_to_bytes(event: CloudEvent) -> bytes:
@@ -164,14 +167,57 @@ def encode_nats(
         return dict(_STRUCTURED_HEADERS), to_json(event)
     if mode != "binary":
         raise ValueError(f"mode must be 'binary' or 'structured', not {mode!r}")
-    attributes, payload = to_binary_parts(event)
+    return _binary_headers(event), data_to_bytes(event)
+
+
+def _binary_headers(event: CloudEvent) -> dict[str, str]:
+    """The ``ce-`` headers of :func:`to_binary_parts`'s attributes, header-encoded, in one pass.
+
+    This is the publish hot path, so it reads the validated fields directly and encodes the values
+    that repeat between events (source, type, content type, schema) once; ``time`` is RFC 3339,
+    pure printable ASCII, so it needs no encoding.
+    """
+    fields = event.__dict__
+    repeated = _repeated_header_values.get
+    source: str = fields["source"]
+    event_type: str = fields["type"]
     headers = {
-        CE_HEADER_PREFIX + name: encode_header_value(value) for name, value in attributes.items()
+        "ce-specversion": SPECVERSION,
+        "ce-id": encode_header_value(fields["id"]),
+        "ce-source": repeated(source) or encode_repeated_header_value(source),
+        "ce-type": repeated(event_type) or encode_repeated_header_value(event_type),
     }
-    content_type = event.datacontenttype
-    if content_type is not None and not content_type.lower().startswith(_CLOUDEVENTS_MEDIA_PREFIX):
+    content_type: str | None = fields["datacontenttype"]
+    if content_type is not None:
+        headers["ce-datacontenttype"] = repeated(content_type) or encode_repeated_header_value(
+            content_type
+        )
+    if fields["dataschema"] is not None:
+        headers["ce-dataschema"] = encode_repeated_header_value(fields["dataschema"])
+    if fields["subject"] is not None:
+        headers["ce-subject"] = encode_header_value(fields["subject"])
+    if fields["time"] is not None:
+        headers["ce-time"] = format_timestamp(fields["time"])
+    extensions = fields["extensions"]
+    if extensions:
+        for name, value in extensions.items():
+            headers[CE_HEADER_PREFIX + name] = encode_header_value(
+                value if isinstance(value, str) else attribute_to_string(value)
+            )
+    if content_type is not None and _copies_content_type(content_type):
         headers[CONTENT_TYPE_HEADER] = content_type
-    return headers, payload
+    return headers
+
+
+def _copies_content_type(content_type: str) -> bool:
+    """Whether binary mode copies ``datacontenttype`` to ``Content-Type`` (not structured-like)."""
+    copy = _copy_content_type.get(content_type)
+    if copy is None:
+        copy = not content_type.lower().startswith(_CLOUDEVENTS_MEDIA_PREFIX)
+        if len(_copy_content_type) >= _COPY_CONTENT_TYPE_MAX:
+            _copy_content_type.clear()
+        _copy_content_type[content_type] = copy
+    return copy
 
 
 def decode_nats(headers: Mapping[str, str] | None, payload: bytes) -> CloudEvent:

@@ -43,10 +43,11 @@ _RETRYABLE = (
 )
 
 
+_SUBJECT_CACHE_MAX = 4096
 # nats-py's default `publish_async_max_pending` per JetStream context.
 _NATS_PY_MAX_PENDING = 4000
-# (index in the batch, subject, send time, PubAck future)
-_Sent = tuple[int, str, float, "asyncio.Future[PubAck]"]
+# (subject, stream, headers, payload): PreparedMessage's fields
+_Message = tuple[str, str, dict[str, str], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,8 @@ class Publisher:
         )
         self.tracer = tracer
         self.metrics = metrics
+        # event type -> subject_for(type): the check is pure and costs more than the encoding.
+        self._subjects: dict[str, str] = {}
 
     def prepare(
         self,
@@ -151,15 +154,29 @@ class Publisher:
             NoStreamForSubjectError: no stream captures the subject.
             MessageTooLargeError: over the stream's ``max_msg_size`` or the server's max payload.
         """
-        subject = subject or subject_for(event.type)
+        return PreparedMessage(*self._prepare(event, subject, headers))
+
+    def _prepare(
+        self, event: CloudEvent, subject: str | None, headers: Mapping[str, str] | None
+    ) -> _Message:
+        """:meth:`prepare` as a plain tuple (the send paths skip the frozen dataclass)."""
+        if not subject:
+            event_type = event.type
+            subject = self._subjects.get(event_type)
+            if subject is None:
+                subject = subject_for(event_type)  # validates; pure, so remembered
+                if len(self._subjects) >= _SUBJECT_CACHE_MAX:
+                    self._subjects.clear()
+                self._subjects[event_type] = subject
         spec = self.catalog.stream_for(subject)
         encoded_headers, payload = encode_nats(event, mode=self.mode)
         if headers:
             encoded_headers.update(headers)
         encoded_headers[MSG_ID_HEADER] = dedup_id(event)
         encoded_headers[EXPECTED_STREAM_HEADER] = spec.name
-        server_limit = self._nc.max_payload or 1 << 20
-        limit = min(server_limit, spec.max_msg_size) if spec.max_msg_size > 0 else server_limit
+        limit = self._nc.max_payload or 1 << 20
+        if 0 < spec.max_msg_size < limit:
+            limit = spec.max_msg_size
         if len(payload) > limit:
             raise MessageTooLargeError(
                 f"event is {len(payload)} bytes; the limit for {spec.name} is {limit} bytes",
@@ -168,7 +185,7 @@ class Publisher:
                 subject=subject,
                 event_id=event.id,
             )
-        return PreparedMessage(subject, spec.name, encoded_headers, payload)
+        return subject, spec.name, encoded_headers, payload
 
     @staticmethod
     def _result(event: CloudEvent, subject: str, ack: PubAck) -> PublishResult:
@@ -220,7 +237,7 @@ class Publisher:
     ) -> PublishResult:
         started = time.perf_counter()
         try:
-            message = self.prepare(event, subject=subject, headers=headers)
+            message = self._prepare(event, subject, headers)
             ack = await self._send_with_retries(event, message)
         except BackboneError as exc:
             if self.metrics is not None:
@@ -233,17 +250,13 @@ class Publisher:
                 latency_s=time.perf_counter() - started,
                 duplicate=bool(ack.duplicate),
             )
-        return self._result(event, message.subject, ack)
+        return self._result(event, message[0], ack)
 
-    async def _send_with_retries(self, event: CloudEvent, message: PreparedMessage) -> PubAck:
-        subject = message.subject
+    async def _send_with_retries(self, event: CloudEvent, message: _Message) -> PubAck:
+        subject, _stream, headers, payload = message
         try:
             return await self.retry.call(
-                self._js.publish,
-                subject,
-                message.payload,
-                timeout=self.timeout_s,
-                headers=message.headers,
+                self._js.publish, subject, payload, timeout=self.timeout_s, headers=headers
             )
         except RetryBudgetExhaustedError as exc:
             raise PublishTimeoutError(
@@ -293,98 +306,112 @@ class Publisher:
     async def _publish_many(
         self, events: Sequence[CloudEvent], window: int
     ) -> list[PublishResult | BackboneError]:
-        results: list[PublishResult | BackboneError | None] = [None] * len(events)
-        retry: list[int] = []
-        sent = await self._send_pipelined(events, window, results, retry)
-        pending = [future for *_rest, future in sent if not future.done()]
-        if pending:
-            _done, late = await asyncio.wait(pending, timeout=self.timeout_s)
+        batch = _Batch(self, events, max(1, min(window, _NATS_PY_MAX_PENDING)))
+        await self._send_pipelined(batch)
+        if batch.pending:
+            _done, late = await asyncio.wait(list(batch.pending), timeout=self.timeout_s)
             for future in late:
                 future.cancel()
-        self._collect(events, sent, results, retry)
+                batch.settle(future)  # now, not when the callback runs: it is retried below
+        results = batch.results
         # Stragglers (timeouts, reconnects) go through the sequential path with its retries.
-        for index in sorted(retry):
+        for index in sorted(batch.retry):
             try:
                 results[index] = await self._publish(events[index], None, None)
             except BackboneError as exc:
                 results[index] = exc
         return [r if r is not None else PublishError("not attempted") for r in results]
 
-    async def _send_pipelined(
-        self,
-        events: Sequence[CloudEvent],
-        window: int,
-        results: list[PublishResult | BackboneError | None],
-        retry: list[int],
-    ) -> list[_Sent]:
-        sent: list[_Sent] = []
-        # A semaphore released by done-callbacks bounds the unacknowledged publishes; waiting on
-        # it only when the window is full keeps the per-event cost O(1).
-        slots = asyncio.Semaphore(max(1, min(window, _NATS_PY_MAX_PENDING)))
-
-        def release(_future: asyncio.Future[PubAck]) -> None:
-            slots.release()
-
-        for index, event in enumerate(events):
+    async def _send_pipelined(self, batch: _Batch) -> None:
+        # At most `batch.size` unacknowledged publishes: waiting only when the window is full
+        # keeps the per-event cost O(1). Each PubAck is turned into its result by a
+        # done-callback, which also drops the future: what stays alive is O(window), not O(n)
+        # (a batch holding every future and ack to the end costs full GC passes over them).
+        publish_async = self._js.publish_async
+        prepare = self._prepare
+        done = batch.done
+        pending = batch.pending
+        for index, event in enumerate(batch.events):
             try:
-                message = self.prepare(event)
+                subject, _stream, headers, payload = prepare(event, None, None)
             except BackboneError as exc:  # an event that cannot be routed fails alone
-                results[index] = exc
+                batch.results[index] = exc
                 continue
-            if not slots.locked():
-                await slots.acquire()  # free slot: no suspension, no timer
-            else:
-                await self._wait_for_slot(slots, sent)
+            if len(pending) >= batch.size:
+                await self._wait_for_slot(batch)
             try:
                 # No wait_stall: nats-py's own pending limit (4000 per context, and this context
-                # is ours) is never reached because our window is capped below it, and passing
+                # is ours) is never exceeded because our window is capped at it, and passing
                 # a timeout costs a task per call.
-                future = await self._js.publish_async(
-                    message.subject, message.payload, headers=message.headers
-                )
+                future = await publish_async(subject, payload, headers=headers)
             except _RETRYABLE:
-                slots.release()
-                retry.append(index)
+                batch.retry.append(index)
                 continue
-            future.add_done_callback(release)
-            sent.append((index, message.subject, time.perf_counter(), future))
-        return sent
+            pending[future] = (index, subject, time.perf_counter())
+            future.add_done_callback(done)
 
-    async def _wait_for_slot(self, slots: asyncio.Semaphore, sent: list[_Sent]) -> None:
-        try:
-            await asyncio.wait_for(slots.acquire(), timeout=self.timeout_s)
-        except TimeoutError:
-            # No PubAck within the timeout: give the outstanding ones up for now; they are
-            # retried one by one afterwards (the dedup id makes that safe).
-            for *_rest, future in sent:
-                future.cancel()
-            await slots.acquire()
+    async def _wait_for_slot(self, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        while len(batch.pending) >= batch.size:
+            batch.waiter = waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, timeout=self.timeout_s)
+            except TimeoutError:
+                # No PubAck within the timeout: give the outstanding ones up for now; they are
+                # retried one by one afterwards (the dedup id makes that safe).
+                for future in list(batch.pending):
+                    future.cancel()
+                    batch.settle(future)
+            finally:
+                batch.waiter = None
 
-    def _collect(
-        self,
-        events: Sequence[CloudEvent],
-        sent: list[_Sent],
-        results: list[PublishResult | BackboneError | None],
-        retry: list[int],
-    ) -> None:
-        now = time.perf_counter()
-        for index, subject, started, future in sent:
-            exc = None if future.cancelled() else future.exception()
-            if isinstance(exc, nats.js.errors.APIError):
-                results[index] = PublishError(
-                    f"JetStream refused {subject}: {exc.description or exc}",
-                    subject=subject,
-                    event_id=events[index].id,
+
+class _Batch:
+    """The state of one ``publish_many``: results by index, retries, unacknowledged futures."""
+
+    __slots__ = ("events", "pending", "publisher", "results", "retry", "size", "waiter")
+
+    def __init__(self, publisher: Publisher, events: Sequence[CloudEvent], size: int) -> None:
+        self.publisher = publisher
+        self.events = events
+        self.size = size
+        self.results: list[PublishResult | BackboneError | None] = [None] * len(events)
+        self.retry: list[int] = []
+        # future -> (index in the batch, subject, send time)
+        self.pending: dict[asyncio.Future[PubAck], tuple[int, str, float]] = {}
+        self.waiter: asyncio.Future[None] | None = None
+
+    def done(self, future: asyncio.Future[PubAck]) -> None:
+        """Done-callback of each publish: record its outcome and free its slot."""
+        self.settle(future)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def settle(self, future: asyncio.Future[PubAck]) -> None:
+        """Record a finished (or given-up) publish; a second call for it does nothing."""
+        sent = self.pending.pop(future, None)
+        if sent is None:
+            return
+        index, subject, started = sent
+        event = self.events[index]
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, nats.js.errors.APIError):
+            self.results[index] = PublishError(
+                f"JetStream refused {subject}: {exc.description or exc}",
+                subject=subject,
+                event_id=event.id,
+            )
+        elif future.cancelled() or exc is not None:
+            self.retry.append(index)
+        else:
+            ack = future.result()
+            publisher = self.publisher
+            self.results[index] = publisher._result(event, subject, ack)  # noqa: SLF001
+            if publisher.metrics is not None:
+                publisher.metrics.record_published(
+                    stream=ack.stream,
+                    event_type=event.type,
+                    latency_s=time.perf_counter() - started,
+                    duplicate=bool(ack.duplicate),
                 )
-            elif future.cancelled() or exc is not None:
-                retry.append(index)
-            else:
-                ack = future.result()
-                results[index] = self._result(events[index], subject, ack)
-                if self.metrics is not None:
-                    self.metrics.record_published(
-                        stream=ack.stream,
-                        event_type=events[index].type,
-                        latency_s=now - started,
-                        duplicate=bool(ack.duplicate),
-                    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from backbone.outbox._sql import (
     DEAD_TABLE,
     OUTBOX_TABLE,
 )
+from backbone.resilience import Backoff
 from backbone.telemetry import LogHistogram, extract_trace_context
 
 if TYPE_CHECKING:
@@ -158,23 +158,6 @@ class RelayStats:
     batch_latency: LogHistogram = field(default_factory=LogHistogram)
 
 
-class _Backoff:
-    """Exponential backoff with equal jitter, capped; reset after a success."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self._initial_s = initial_s
-        self._max_s = max_s
-        self._next_s = initial_s
-
-    def next_s(self) -> float:
-        delay = self._next_s
-        self._next_s = min(self._next_s * 2, self._max_s)
-        return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter
-
-    def reset(self) -> None:
-        self._next_s = self._initial_s
-
-
 @dataclass(slots=True)
 class _Outcome:
     ok: list[int]
@@ -283,7 +266,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until :meth:`request_stop`; PostgreSQL failures are retried with backoff."""
-        backoff = _Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while not self._stop.is_set():
             try:
                 await self._session(backoff)
@@ -309,7 +292,7 @@ class OutboxRelay:
         set_json_loads(orjson.loads, conn)
         return conn
 
-    async def _session(self, backoff: _Backoff) -> None:
+    async def _session(self, backoff: Backoff) -> None:
         async with await self._connect() as conn:
             timeout_ms = int(self.config.session_timeout_s * 1000)
             await conn.execute(
@@ -343,7 +326,7 @@ class OutboxRelay:
         self,
         conn: psycopg.AsyncConnection[Any],
         listener: asyncio.Task[None] | None,
-        backoff: _Backoff,
+        backoff: Backoff,
     ) -> None:
         cfg = self.config
         next_rebalance = 0.0

@@ -27,6 +27,7 @@ with ``call`` / ``call_sync``, or as a context manager (``breaker.guard()``,
 Semantics and deliberate deviations from Resilience4j are documented on each class's module.
 """
 
+from backbone.resilience._backoff import Backoff
 from backbone.resilience._breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from backbone.resilience._bulkhead import Bulkhead, BulkheadConfig
 from backbone.resilience._clock import Clock, FakeClock, SystemClock, TimerHandle
@@ -83,6 +84,7 @@ __all__ = [
     "PRESET_RETRY",
     "PRESET_TIME_LIMITER",
     "Attempt",
+    "Backoff",
     "Bulkhead",
     "BulkheadConfig",
     "BulkheadFullError",
