@@ -7,6 +7,7 @@ import time
 
 import orjson
 
+from backbone.resilience import request_all
 from event_gateway.testing import auth, gateway_settings, running_gateway, stored_events
 
 
@@ -121,3 +122,28 @@ async def test_in_flight_bound_turns_backpressure_into_503(nats_server, streams)
         assert resp.status_code == 503
         assert resp.headers["retry-after"] == "1"
         assert "backpressure" in resp.json()["detail"]
+
+
+async def test_operator_force_opens_the_publish_breaker_over_nats(
+    nats_server, nats_client, streams
+):
+    settings = gateway_settings(nats_server.url, breaker={"wait_in_open_s": 30})
+    async with running_gateway(settings) as (client, _app):
+        listed = await request_all(nats_client, "event-gateway", "list", expected_replies=1)
+        names = {item["name"] for item in listed[0]["instances"]}
+        assert "event-gateway-publish" in names
+        replies = await request_all(
+            nats_client,
+            "event-gateway",
+            "force_open",
+            name="event-gateway-publish",
+            expected_replies=1,
+        )
+        assert replies[0]["ok"] is True
+        resp = await client.post("/v1/events", content=b"{}", headers=headers("forced"))
+        assert resp.status_code == 503
+        await request_all(
+            nats_client, "event-gateway", "close", name="event-gateway-publish", expected_replies=1
+        )
+        resp = await client.post("/v1/events", content=b"{}", headers=headers("closed"))
+        assert resp.status_code == 202

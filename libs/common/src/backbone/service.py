@@ -260,6 +260,7 @@ class ServiceRuntime(Generic[SettingsT]):
         drain_timeout_s: How long draining NATS may take before the connection is closed.
         connect_initial_s: First pause between NATS connection attempts.
         connect_max_s: Longest pause between NATS connection attempts.
+        telemetry: Telemetry already set up by the caller (kept, not shut down here).
 
     Attributes:
         stopping: Set once a shutdown was requested.
@@ -291,6 +292,7 @@ class ServiceRuntime(Generic[SettingsT]):
         drain_timeout_s: float = 30.0,
         connect_initial_s: float = 0.1,
         connect_max_s: float = 5.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not _NAME_RE.match(name):
             raise ConfigError(f"service name {name!r} must match [A-Za-z0-9_-]+", variable="name")
@@ -304,7 +306,10 @@ class ServiceRuntime(Generic[SettingsT]):
         self.reporter: MetricsReporter | None = None
         self.control: ResilienceControl | None = None
         self.nc: Client | None = None
-        self.telemetry: Telemetry | None = None
+        self.telemetry: Telemetry | None = telemetry
+        # Telemetry set up by the caller (e.g. an HTTP app with its own exporter) is theirs
+        # to shut down.
+        self._owns_telemetry = telemetry is None
         self.context: ServiceContext[SettingsT] | None = None
         self._readiness: dict[str, Check] = {"nats": self._nats_ready, **(readiness or {})}
         self._ops_server = ops_server
@@ -469,7 +474,7 @@ class ServiceRuntime(Generic[SettingsT]):
 
     async def _start(self) -> ServiceContext[SettingsT] | None:
         settings = self.settings
-        telemetry = setup_telemetry(settings, service_name=self.name)
+        telemetry = self.telemetry or setup_telemetry(settings, service_name=self.name)
         self.telemetry = telemetry
         if self._handle_signals:
             self._install_signal_handlers()
@@ -535,7 +540,7 @@ class ServiceRuntime(Generic[SettingsT]):
                 await self.ops.stop()
         finally:
             self._remove_signal_handlers()
-            if self.telemetry is not None:
+            if self.telemetry is not None and self._owns_telemetry:
                 self.telemetry.shutdown()
 
     async def __aenter__(self) -> ServiceContext[SettingsT]:

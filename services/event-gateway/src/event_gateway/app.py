@@ -13,7 +13,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import nats.errors
 from opentelemetry.context import attach, detach
 from opentelemetry.trace import (
     Span,
@@ -27,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from backbone.messaging import Publisher, connect, load_catalog
+from backbone.messaging import Publisher, load_catalog
 from backbone.ops import ops_routes
 from backbone.resilience import (
     CircuitBreaker,
@@ -35,10 +34,12 @@ from backbone.resilience import (
     KeyedRateLimiter,
     RateLimiter,
     RateLimiterConfig,
+    ResilienceRegistry,
 )
 from backbone.schemas import SchemaCache
+from backbone.service import ServiceRuntime
 from backbone.settings import load_settings
-from backbone.telemetry import Metrics, MetricsReporter, extract_trace_context, setup_telemetry
+from backbone.telemetry import Metrics, extract_trace_context, setup_telemetry
 from event_gateway.auth import KeyStore
 from event_gateway.handlers import Handlers, Runtime
 from event_gateway.pii import PiiPolicy
@@ -314,14 +315,35 @@ def _lifespan(
     pii: PiiPolicy,
     record_spans: bool,
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """Connect, start the schema cache and the reporter; undo it all after the last request."""
+    """Connect, start the schema cache and the reporter; undo it all after the last request.
+
+    The shared :class:`~backbone.service.ServiceRuntime` does what every service does (NATS with
+    backoff, metrics snapshots, resilience remote control and events, ordered shutdown); uvicorn
+    owns the signals and this app serves the ops routes itself.
+    """
     section = settings.gateway
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        nc = await connect(settings.nats, name=SERVICE_NAME)
+        resilience = ResilienceRegistry()
+        service_runtime = ServiceRuntime(
+            SERVICE_NAME,
+            settings,
+            metrics=metrics,
+            ops_server=False,
+            handle_signals=False,
+            resilience=resilience,
+            catalog=catalog,
+            telemetry=telemetry,
+        )
+        service_runtime.add_gauge("gateway_in_flight_events", lambda: float(_in_flight(runtime)))
+        context = await service_runtime.start()
+        if context is None:  # stopped before NATS answered
+            await service_runtime.stop()
+            yield
+            return
+        nc = context.nc
         cache: SchemaCache | None = None
-        reporter: MetricsReporter | None = None
         try:
             if section.schema_validation:
                 cache = await SchemaCache.start(
@@ -338,7 +360,7 @@ def _lifespan(
                 attempts=section.publish_attempts,
                 retry_wait_s=0.05,
             )
-            runtime.service = _build_service(
+            service = _build_service(
                 settings,
                 nc=nc,
                 publisher=publisher,
@@ -349,25 +371,19 @@ def _lifespan(
                 cache=cache,
                 record_spans=record_spans,
             )
-            if settings.telemetry.publish_metrics:
-                reporter = MetricsReporter(
-                    metrics,
-                    service=SERVICE_NAME,
-                    publish=publisher.publish,
-                    interval_s=settings.telemetry.metrics_interval_s,
-                    gauges={"gateway_in_flight_events": lambda: float(_in_flight(runtime))},
-                )
-                reporter.start()
+            # Under remote control (`backbone resilience ... --service event-gateway`) and the
+            # anomaly detector's allowlisted actions.
+            for instance in (service.breaker, service.key_limiter, service.global_limiter):
+                if instance is not None:
+                    resilience.register(instance)
+            runtime.service = service
             _log.info("event gateway ready", extra={"keys": len(runtime.keys)})
             yield
         finally:
             runtime.service = None
-            if reporter is not None:
-                await reporter.stop()
             if cache is not None:
                 await cache.stop()
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await nc.drain()
+            await service_runtime.stop()  # reporter, control, resilience events, NATS drain
             telemetry.force_flush(timeout_s=5.0)
 
     return lifespan
