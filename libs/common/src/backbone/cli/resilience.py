@@ -127,73 +127,39 @@ def _command(op: str, service: str, name: str | None, timeout_s: float, replicas
     _show(replies, service=service, as_json=as_json)
 
 
-@app.command("list")
-def list_cmd(
-    service: Service,
-    name: Name = None,
-    timeout_s: Timeout = 1.0,
-    replicas: Replicas = None,
-    as_json: AsJson = False,
-) -> None:
-    """Every instance of every replica, with state and metrics."""
-    _command("list", service, name, timeout_s, replicas, as_json=as_json)
+# One command per control operation; they differ only in the operation and its help text.
+_OPERATIONS = (
+    ("list", "list", "Every instance of every replica, with state and metrics."),
+    (
+        "force-open",
+        "force_open",
+        "Hold circuit breakers FORCED_OPEN (every call refused) until closed or reset.",
+    ),
+    ("close", "close", "Close circuit breakers with an empty window."),
+    ("disable", "disable", "DISABLE circuit breakers: every call permitted, nothing recorded."),
+    ("metrics-only", "metrics_only", "METRICS_ONLY: record and emit events but never open."),
+    (
+        "reset",
+        "reset",
+        "Reset instances: breakers CLOSED and empty, bulkheads to their limit, buckets full.",
+    ),
+)
 
 
-@app.command("force-open")
-def force_open_cmd(
-    service: Service,
-    name: Name = None,
-    timeout_s: Timeout = 1.0,
-    replicas: Replicas = None,
-    as_json: AsJson = False,
-) -> None:
-    """Hold circuit breakers FORCED_OPEN (every call refused) until closed or reset."""
-    _command("force_open", service, name, timeout_s, replicas, as_json=as_json)
+def _register(command: str, op: str, help_text: str) -> None:
+    def handler(
+        service: Service,
+        name: Name = None,
+        timeout_s: Timeout = 1.0,
+        replicas: Replicas = None,
+        as_json: AsJson = False,
+    ) -> None:
+        _command(op, service, name, timeout_s, replicas, as_json=as_json)
+
+    handler.__name__ = f"{op}_cmd"
+    handler.__doc__ = help_text
+    app.command(command, help=help_text)(handler)
 
 
-@app.command("close")
-def close_cmd(
-    service: Service,
-    name: Name = None,
-    timeout_s: Timeout = 1.0,
-    replicas: Replicas = None,
-    as_json: AsJson = False,
-) -> None:
-    """Close circuit breakers with an empty window."""
-    _command("close", service, name, timeout_s, replicas, as_json=as_json)
-
-
-@app.command("disable")
-def disable_cmd(
-    service: Service,
-    name: Name = None,
-    timeout_s: Timeout = 1.0,
-    replicas: Replicas = None,
-    as_json: AsJson = False,
-) -> None:
-    """DISABLE circuit breakers: every call permitted, nothing recorded."""
-    _command("disable", service, name, timeout_s, replicas, as_json=as_json)
-
-
-@app.command("metrics-only")
-def metrics_only_cmd(
-    service: Service,
-    name: Name = None,
-    timeout_s: Timeout = 1.0,
-    replicas: Replicas = None,
-    as_json: AsJson = False,
-) -> None:
-    """METRICS_ONLY: record and emit events but never open."""
-    _command("metrics_only", service, name, timeout_s, replicas, as_json=as_json)
-
-
-@app.command("reset")
-def reset_cmd(
-    service: Service,
-    name: Name = None,
-    timeout_s: Timeout = 1.0,
-    replicas: Replicas = None,
-    as_json: AsJson = False,
-) -> None:
-    """Reset instances: breakers CLOSED and empty, bulkheads to their limit, buckets full."""
-    _command("reset", service, name, timeout_s, replicas, as_json=as_json)
+for _command_name, _op, _help in _OPERATIONS:
+    _register(_command_name, _op, _help)
