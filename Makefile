@@ -25,7 +25,7 @@ down: ## Stop a local stack started in another terminal
 test: setup ## Run the whole test suite (real nats-server and PostgreSQL)
 	$(UV) run pytest -q -p no:cacheprovider
 
-test-fast: ## Run the tests that need no fault injection
+test-fast: setup ## Run the tests that need no fault injection (skips the slow fault/e2e tests)
 	$(UV) run pytest -q -m "not slow"
 
 e2e: setup ## Run only the black-box end-to-end tests
@@ -46,10 +46,12 @@ bench: setup ## Run the benchmarks; tables printed, JSON written under bench/res
 bench-anomaly: setup ## Score the anomaly detector on NAB (../shared/data/nab)
 	$(UV) run python bench/bench_anomaly.py
 
-images: ## Build every service image (needs a Docker engine; none on the test machines)
-	@for svc in $$(ls services); do \
-	  echo "docker build -f services/$$svc/Dockerfile -t backbone/$$svc:dev ."; \
-	  docker build -f services/$$svc/Dockerfile -t backbone/$$svc:dev . || exit 1; \
+IMAGE_TAG ?= dev
+images: ## Build every service image from the repo root (needs a Docker engine; none on the test machines)
+	@for dockerfile in services/*/Dockerfile; do \
+	  svc=$$(basename $$(dirname $$dockerfile)); \
+	  echo "docker build -f $$dockerfile -t backbone/$$svc:$(IMAGE_TAG) ."; \
+	  docker build -f $$dockerfile -t backbone/$$svc:$(IMAGE_TAG) . || exit 1; \
 	done
 
 clean: ## Remove local state (.backbone/) and caches
