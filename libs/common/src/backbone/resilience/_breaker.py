@@ -36,16 +36,16 @@ Deviations from Resilience4j (on purpose):
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 from collections import deque
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backbone.resilience._clock import Clock, SystemClock, TimerHandle
 from backbone.resilience._config import ExceptionTypes  # noqa: TC001 - pydantic needs it at runtime
+from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import CircuitOpenError
 from backbone.resilience._events import EventHub
 
@@ -273,7 +273,7 @@ class _Guard:
         self.__exit__(exc_type, exc, tb)
 
 
-class CircuitBreaker:
+class CircuitBreaker(CallDecorator):
     """A named circuit breaker (see the module docstring for the semantics).
 
     Use it as a decorator (``@breaker`` on a coroutine function or a plain function), with
@@ -648,35 +648,33 @@ class CircuitBreaker:
             self._timer = None
             self._apply_due_transitions(self.clock.monotonic())
 
+    def _transition_now(self, target: CircuitState) -> None:
+        with self._lock:
+            self._transition(target, self.clock.monotonic())
+
     def transition_to_closed(self) -> None:
         """Close the breaker, starting with an empty window."""
-        with self._lock:
-            self._transition(_CLOSED, self.clock.monotonic())
+        self._transition_now(_CLOSED)
 
     def transition_to_open(self) -> None:
         """Open the breaker now (it will allow trials after the wait)."""
-        with self._lock:
-            self._transition(_OPEN, self.clock.monotonic())
+        self._transition_now(_OPEN)
 
     def transition_to_half_open(self) -> None:
         """Start trials now."""
-        with self._lock:
-            self._transition(_HALF_OPEN, self.clock.monotonic())
+        self._transition_now(_HALF_OPEN)
 
     def transition_to_forced_open(self) -> None:
         """Reject every call until an operator closes, resets or disables the breaker."""
-        with self._lock:
-            self._transition(_FORCED_OPEN, self.clock.monotonic())
+        self._transition_now(_FORCED_OPEN)
 
     def transition_to_disabled(self) -> None:
         """Permit every call and record nothing."""
-        with self._lock:
-            self._transition(_DISABLED, self.clock.monotonic())
+        self._transition_now(_DISABLED)
 
     def transition_to_metrics_only(self) -> None:
         """Record and emit events, but never open."""
-        with self._lock:
-            self._transition(_METRICS_ONLY, self.clock.monotonic())
+        self._transition_now(_METRICS_ONLY)
 
     def reset(self) -> None:
         """Back to CLOSED with an empty window and no open history; emits ``reset``."""
@@ -719,73 +717,59 @@ class CircuitBreaker:
         self.on_result(monotonic() - start, result)
         return result
 
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a coroutine function or a plain function."""
-        if inspect.iscoroutinefunction(fn):
-            return _decorate_async(self, cast("Callable[P, Awaitable[Any]]", fn))
-        return _decorate_sync(self, fn)
+    def _decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        # Closure variables instead of attribute lookups: the hot path the benchmark measures.
+        breaker = self
+        monotonic = breaker.clock.monotonic
+        acquire_slow = breaker._acquire_slow
+        on_result = breaker.on_result
+        # Without a result predicate every returned value is a success: skip one call level.
+        on_success = breaker.on_success if breaker._record_result is None else None
+        on_exception = breaker.on_exception
+        closed = _CLOSED
 
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if breaker._state is not closed:
+                acquire_slow()
+            start = monotonic()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                on_exception(monotonic() - start, exc)
+                raise
+            if on_success is not None:
+                on_success(monotonic() - start)
+            else:
+                on_result(monotonic() - start, result)
+            return result
 
-def _decorate_async(
-    breaker: CircuitBreaker, fn: Callable[P, Awaitable[R]]
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    # Closure variables instead of attribute lookups: this is the hot path the benchmark measures.
-    monotonic = breaker.clock.monotonic
-    acquire_slow = breaker._acquire_slow  # noqa: SLF001 - same module
-    on_result = breaker.on_result
-    # Without a result predicate every returned value is a success: skip one call level.
-    on_success = breaker.on_success if breaker._record_result is None else None  # noqa: SLF001
-    on_exception = breaker.on_exception
-    closed = _CLOSED
+        return wrapper
 
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is not closed:  # noqa: SLF001 - same module
-            acquire_slow()
-        start = monotonic()
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            on_exception(monotonic() - start, exc)
-            raise
-        if on_success is not None:
-            on_success(monotonic() - start)
-        else:
-            on_result(monotonic() - start, result)
-        return result
+    def _decorate_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
+        breaker = self
+        monotonic = breaker.clock.monotonic
+        acquire_slow = breaker._acquire_slow
+        on_result = breaker.on_result
+        # Without a result predicate every returned value is a success: skip one call level.
+        on_success = breaker.on_success if breaker._record_result is None else None
+        on_exception = breaker.on_exception
+        closed = _CLOSED
 
-    return wrapper
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if breaker._state is not closed:
+                acquire_slow()
+            start = monotonic()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                on_exception(monotonic() - start, exc)
+                raise
+            if on_success is not None:
+                on_success(monotonic() - start)
+            else:
+                on_result(monotonic() - start, result)
+            return result
 
-
-def _decorate_sync(breaker: CircuitBreaker, fn: Callable[P, R]) -> Callable[P, R]:
-    monotonic = breaker.clock.monotonic
-    acquire_slow = breaker._acquire_slow  # noqa: SLF001 - same module
-    on_result = breaker.on_result
-    # Without a result predicate every returned value is a success: skip one call level.
-    on_success = breaker.on_success if breaker._record_result is None else None  # noqa: SLF001
-    on_exception = breaker.on_exception
-    closed = _CLOSED
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if breaker._state is not closed:  # noqa: SLF001 - same module
-            acquire_slow()
-        start = monotonic()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            on_exception(monotonic() - start, exc)
-            raise
-        if on_success is not None:
-            on_success(monotonic() - start)
-        else:
-            on_result(monotonic() - start, result)
-        return result
-
-    return wrapper
+        return wrapper

@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import math
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backbone.resilience._clock import Clock, SystemClock
+from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import BulkheadFullError
 from backbone.resilience._events import EventHub
 
@@ -121,7 +121,7 @@ class _Slot:
         bulkhead.release_sync(bulkhead.clock.monotonic() - self._start_s, exc)
 
 
-class Bulkhead:
+class Bulkhead(CallDecorator):
     """A named bulkhead (see the module docstring).
 
     Args:
@@ -403,50 +403,25 @@ class Bulkhead:
         self.release_sync(monotonic() - start, None)
         return result
 
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a coroutine function or a plain function."""
-        if inspect.iscoroutinefunction(fn):
-            return _decorate_async(self, cast("Callable[P, Awaitable[Any]]", fn))
+    def _decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        if self.config.adaptive != "none":
+            return super()._decorate_async(fn)
+
+        # Without an adaptive limit no latency is needed: the hot path is a counter and a check.
+        take = self._take
+        wait_for_slot = self._wait_for_slot
+        release = self.release
 
         @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-            return self.call_sync(fn, *args, **kwargs)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not take():
+                await wait_for_slot()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                release(0.0, None, sample=False)
 
-        return sync_wrapper
-
-
-def _decorate_async(
-    bulkhead: Bulkhead, fn: Callable[P, Awaitable[R]]
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    if bulkhead.config.adaptive != "none":
-
-        @functools.wraps(fn)
-        async def sampled(*args: P.args, **kwargs: P.kwargs) -> R:
-            return await bulkhead.call(fn, *args, **kwargs)
-
-        return sampled
-
-    # Without an adaptive limit no latency is needed: the hot path is a counter and a check.
-    take = bulkhead._take  # noqa: SLF001 - same module
-    wait_for_slot = bulkhead._wait_for_slot  # noqa: SLF001 - same module
-    release = bulkhead.release
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not take():
-            await wait_for_slot()
-        try:
-            return await fn(*args, **kwargs)
-        finally:
-            release(0.0, None, sample=False)
-
-    return wrapper
+        return wrapper
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -20,9 +20,9 @@ exceptions in ``ignoreExceptions`` to get the same effect.
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import BulkheadFullError, RateLimitedError
 from backbone.resilience._timelimiter import _Deadline
 
@@ -43,7 +43,7 @@ R = TypeVar("R")
 _LOCAL_REJECTIONS = (RateLimitedError, BulkheadFullError)
 
 
-class Policy:
+class Policy(CallDecorator):
     """Any subset of the five patterns, applied in the documented order.
 
     Args:
@@ -177,37 +177,22 @@ class Policy:
             return self.retry.call_sync(self._attempt_sync, fn, args, kwargs)
         return self._attempt_sync(fn, args, kwargs)
 
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a coroutine function or a plain function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast("Callable[..., Awaitable[Any]]", fn)
-            attempt = self._attempt
-            retry = self.retry
+    def _decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        attempt = self._attempt
+        retry = self.retry
 
-            if retry is None:
-
-                @functools.wraps(fn)
-                async def plain(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-                    return await attempt(afn, args, kwargs)
-
-                return plain
-
-            retry_call = retry.call
+        if retry is None:
 
             @functools.wraps(fn)
-            async def retried(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-                return await retry_call(attempt, afn, args, kwargs)
+            async def plain(*args: P.args, **kwargs: P.kwargs) -> R:
+                return await attempt(fn, args, kwargs)
 
-            return retried
+            return plain
+
+        retry_call = retry.call
 
         @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-            return self.call_sync(fn, *args, **kwargs)
+        async def retried(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await retry_call(attempt, fn, args, kwargs)
 
-        return sync_wrapper
+        return retried

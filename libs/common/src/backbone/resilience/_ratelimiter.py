@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backbone.resilience._clock import Clock, SystemClock
+from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import RateLimitedError
 from backbone.resilience._events import EventHub
 
@@ -167,7 +167,7 @@ class _Limiter:
         return min(self._burst, bucket.tokens + (now - bucket.last_s) * self._rate)
 
 
-class RateLimiter(_Limiter):
+class RateLimiter(_Limiter, CallDecorator):
     """A named token-bucket rate limiter (see the module docstring).
 
     Use ``async with limiter:`` (or ``with``) before a call, the decorator, or :meth:`call`.
@@ -275,39 +275,24 @@ class RateLimiter(_Limiter):
         self._acquire_sync(self._bucket, self._max_wait_s, None)
         return fn(*args, **kwargs)
 
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a coroutine function or a plain function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast("Callable[P, Awaitable[Any]]", fn)
-            reserve = self._reserve
-            max_wait_s = self._max_wait_s
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-                # Inlined acquire: no extra coroutine frame when a permit is available.
-                bucket = self._bucket
-                wait_s = reserve(bucket, max_wait_s, None)
-                if wait_s > 0:
-                    try:
-                        await self.clock.sleep(wait_s)
-                    except asyncio.CancelledError:
-                        self._give_back(bucket)
-                        raise
-                return await afn(*args, **kwargs)
-
-            return async_wrapper
+    def _decorate_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        reserve = self._reserve
+        max_wait_s = self._max_wait_s
 
         @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-            return self.call_sync(fn, *args, **kwargs)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            # Inlined acquire: no extra coroutine frame when a permit is available.
+            bucket = self._bucket
+            wait_s = reserve(bucket, max_wait_s, None)
+            if wait_s > 0:
+                try:
+                    await self.clock.sleep(wait_s)
+                except asyncio.CancelledError:
+                    self._give_back(bucket)
+                    raise
+            return await fn(*args, **kwargs)
 
-        return sync_wrapper
+        return wrapper
 
 
 class KeyedRateLimiter(_Limiter):

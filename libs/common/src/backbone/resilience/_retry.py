@@ -25,20 +25,19 @@ whole call including waits (a retry whose wait would cross it is not attempted);
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backbone.resilience._clock import Clock, SystemClock
 from backbone.resilience._config import ExceptionTypes  # noqa: TC001 - pydantic needs it at runtime
+from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import RetryBudgetExhaustedError
 from backbone.resilience._events import EventHub
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from types import TracebackType
 
 __all__ = ["Attempt", "Retry", "RetryBudget", "RetryConfig", "default_retry_after"]
@@ -228,7 +227,7 @@ class Attempt:
         return True  # swallowed: the iterator sleeps and yields the next attempt
 
 
-class Retry:
+class Retry(CallDecorator):
     """A named retry policy (see the module docstring for the semantics).
 
     Args:
@@ -583,26 +582,3 @@ class Retry:
         self._outcomes = []
         self._outcomes_head = 0
         self._outcomes_ok = 0
-
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a coroutine function or a plain function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast("Callable[P, Awaitable[Any]]", fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-                return await self.call(afn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper

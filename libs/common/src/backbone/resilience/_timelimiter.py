@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
-import inspect
 import threading
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from backbone.resilience._clock import Clock, SystemClock, TimerHandle
+from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import TimeLimitExceededError
 from backbone.resilience._events import EventHub
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable
     from types import TracebackType
 
 __all__ = ["TimeLimiter", "TimeLimiterConfig"]
@@ -104,7 +103,7 @@ class _Deadline:
             limiter.failed_calls += 1
 
 
-class TimeLimiter:
+class TimeLimiter(CallDecorator):
     """A named time limiter (see the module docstring).
 
     Args:
@@ -238,26 +237,3 @@ class TimeLimiter:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
-
-    @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a coroutine function or a plain function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast("Callable[P, Awaitable[Any]]", fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-                return await self.call(afn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:  # noqa: ANN401
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper
