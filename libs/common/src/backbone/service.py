@@ -40,6 +40,7 @@ subscriptions close; bounded by ``drain_timeout_s``), stop the ops server, flush
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -633,7 +634,7 @@ class ServiceRuntime(Generic[SettingsT]):
             loop.remove_signal_handler(sig)
 
 
-class ServiceApp(Generic[SettingsT]):
+class ServiceApp(abc.ABC, Generic[SettingsT]):
     """Base of a service's app object: one replica around a :class:`ServiceRuntime`.
 
     Subclasses implement :meth:`main` (the service's part) and build the runtime with their
@@ -671,9 +672,9 @@ class ServiceApp(Generic[SettingsT]):
         """Serve until stopped (see :meth:`ServiceRuntime.run`)."""
         await self.runtime.run(self.main)
 
+    @abc.abstractmethod
     async def main(self, ctx: ServiceContext[SettingsT]) -> None:
         """The service's part: set up, then keep running until ``ctx.stopping``."""
-        raise NotImplementedError
 
 
 async def run_service(

@@ -35,6 +35,7 @@ Deviations from Resilience4j (on purpose):
 
 from __future__ import annotations
 
+import abc
 import functools
 import threading
 from collections import deque
@@ -140,7 +141,7 @@ class CircuitBreakerConfig(BaseModel):
         return wait_s
 
 
-class _Window:
+class _Window(abc.ABC):
     """Aggregates outcomes; subclasses decide which calls are still inside."""
 
     __slots__ = ("failed", "full", "minimum_calls", "slow", "timed", "total")
@@ -155,10 +156,11 @@ class _Window:
         # Whether record() needs the time (only the time-based window).
         self.timed = False
 
+    @abc.abstractmethod
     def record(self, outcome: int, now_s: float) -> None:
-        raise NotImplementedError
+        """Count one outcome."""
 
-    def refresh(self, now_s: float) -> None:
+    def refresh(self, now_s: float) -> None:  # noqa: B027 - a no-op unless time-based
         """Drop what fell out of the window (time-based only)."""
 
 
