@@ -31,16 +31,18 @@ from datetime import UTC, datetime
 from itertools import combinations
 from typing import TYPE_CHECKING, Any, Final
 
+from backbone.messaging import dlq_subject
+from backbone.telemetry import METRICS_EVENT_TYPE_PREFIX
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from backbone.events import CloudEvent
 
-METRICS_PREFIX: Final = "system.metrics."
+METRICS_PREFIX: Final = METRICS_EVENT_TYPE_PREFIX
 STREAM_PREFIX: Final = "stream:"
 CONSUMER_PREFIX: Final = "consumer:"
 TYPE_PREFIX: Final = "type:"
-DLQ_SUBJECT_PREFIX: Final = "dlq."
 _MAD_TO_SIGMA: Final = 1.4826
 _MIN_TREND_POINTS: Final = 4
 
@@ -234,7 +236,7 @@ class StatsTracker:
             if subject not in self._type_counts and len(self._type_counts) >= self.max_types:
                 continue
             rate = self._rate(self._type_counts, subject, now_s, count)
-            dlq_key = DLQ_SUBJECT_PREFIX + subject
+            dlq_key = dlq_subject(subject)
             dlq_rate = self._rate(self._type_counts, dlq_key, now_s, dlq_counts.get(dlq_key, 0))
             if rate is None:
                 continue

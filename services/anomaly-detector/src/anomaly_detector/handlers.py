@@ -37,7 +37,9 @@ from anomaly_detector.service import (
 )
 from backbone.errors import EventError
 from backbone.events import CloudEvent, decode_nats
+from backbone.messaging import dlq_subject
 from backbone.resilience import request_all
+from backbone.telemetry import METRICS_EVENT_TYPE_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 SYSTEM_STREAM: Final = "SYSTEM_EVENTS"
 AI_STREAM: Final = "AI_EVENTS"
 DLQ_STREAM: Final = "DLQ"
-METRICS_FILTER: Final = "system.metrics.>"
+METRICS_FILTER: Final = METRICS_EVENT_TYPE_PREFIX + ">"
 FEEDBACK_FILTER: Final = FEEDBACK_TYPE_PREFIX + ">"
 _REPLAY_BATCH: Final = 256
 _REPLAY_FETCH_TIMEOUT_S: Final = 1.0
@@ -370,7 +372,7 @@ class StatsPoller:
             dlq: dict[str, int] = {}
             if DLQ_STREAM in names:
                 dlq = (
-                    await self._js.stream_info(DLQ_STREAM, subjects_filter="dlq.>")
+                    await self._js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject(">"))
                 ).state.subjects or {}
             for stream in typed:
                 counts = (await self._js.stream_info(stream, subjects_filter=">")).state.subjects

@@ -11,6 +11,7 @@ import nats.js.errors
 
 from backbone.errors import StreamError
 from backbone.events import decode_nats, dedup_id
+from backbone.messaging._consume import DLQ_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -58,6 +59,10 @@ def _int(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def _undead(subject: str) -> str:
+    return subject.removeprefix(DLQ_PREFIX + ".")
+
+
 def _to_dead_letter(seq: int, subject: str, headers: Mapping[str, str], data: bytes) -> DeadLetter:
     event_id = event_type = None
     with contextlib.suppress(Exception):  # a dead letter may be undecodable: that is why it is here
@@ -66,7 +71,7 @@ def _to_dead_letter(seq: int, subject: str, headers: Mapping[str, str], data: by
     return DeadLetter(
         seq=seq,
         subject=subject,
-        original_subject=headers.get("Backbone-Original-Subject", subject.removeprefix("dlq.")),
+        original_subject=headers.get("Backbone-Original-Subject", _undead(subject)),
         original_stream=headers.get("Backbone-Original-Stream"),
         original_seq=_int(headers.get("Backbone-Original-Sequence")),
         delivery_count=_int(headers.get("Backbone-Delivery-Count")),

@@ -35,6 +35,7 @@ from psycopg.types.json import set_json_loads
 from pydantic import BaseModel, Field
 
 from backbone.errors import BackboneError
+from backbone.messaging import EXPECTED_STREAM_HEADER
 from backbone.outbox._migrations import migrate
 from backbone.outbox._partitions import PartitionOwnership
 from backbone.outbox._sql import (
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPECTED_STREAM_HEADER: Final = "Nats-Expected-Stream"
 _SERVICE_UNAVAILABLE: Final = 503
 
 _CLAIM: Final = (

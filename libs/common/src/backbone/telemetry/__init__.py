@@ -24,6 +24,7 @@ from backbone.telemetry._propagation import (
     trace_extensions,
 )
 from backbone.telemetry._reporter import (
+    METRICS_EVENT_TYPE_PREFIX,
     GaugeCallback,
     MetricsReporter,
     metrics_event_type,
@@ -31,6 +32,7 @@ from backbone.telemetry._reporter import (
 from backbone.telemetry._setup import Telemetry, default_instance_id, setup_telemetry
 
 __all__ = [
+    "METRICS_EVENT_TYPE_PREFIX",
     "GaugeCallback",
     "JsonFormatter",
     "LogHistogram",
