@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from backbone.errors import EventError, NoStreamForSubjectError, PublishError
+from backbone.errors import EventError, MessageTooLargeError, NoStreamForSubjectError, PublishError
 from backbone.events import CloudEvent, decode_nats
 from backbone.messaging import (
     MSG_ID_HEADER,
@@ -132,3 +132,16 @@ async def test_publish_many_keeps_order_and_reports_each_event(publisher, nats_c
 async def test_oversized_event_is_a_publish_error(publisher):
     with pytest.raises(PublishError):
         await publisher.publish(event(data={"blob": "x" * 2_000_000}))
+
+
+async def test_jetstream_size_refusal_is_a_message_too_large_error(nats_client, catalog):
+    # The stream allows less than the catalog says: the server's refusal gets the same type as
+    # the publisher's own size check.
+    js = nats_client.jetstream()
+    await apply_streams(js, catalog)
+    info = await js.stream_info("MCP_EVENTS")
+    info.config.max_msg_size = 512
+    await js.update_stream(info.config)
+    publisher = Publisher(nats_client, catalog=catalog, timeout_s=2.0)
+    with pytest.raises(MessageTooLargeError):
+        await publisher.publish(event(data={"blob": "x" * 2000}))

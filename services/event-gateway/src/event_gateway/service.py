@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind
 from backbone.errors import (
     BackboneError,
     EventError,
+    MessageTooLargeError,
     NoStreamForSubjectError,
     PublishError,
     PublishTimeoutError,
@@ -512,14 +513,9 @@ def is_size_error(exc: BaseException) -> bool:
     That is the client's fault, not JetStream's: such failures are answered 413 and never trip
     the breaker.
     """
-    if isinstance(exc, nats.errors.MaxPayloadError):
-        return True
-    if not isinstance(exc, PublishError):
-        return False
-    text = str(exc).lower()
-    # The publisher's own size check ("event is N bytes; the limit for S is M bytes") and
-    # JetStream's "message size exceeds maximum allowed".
-    return ("bytes" in text and "limit" in text) or ("maximum" in text and "size" in text)
+    # The publisher refuses oversized events itself, and maps JetStream's size refusal to the
+    # same type; MaxPayloadError is nats-py's own check.
+    return isinstance(exc, MessageTooLargeError | nats.errors.MaxPayloadError)
 
 
 def _with_trace(event: CloudEvent) -> CloudEvent:

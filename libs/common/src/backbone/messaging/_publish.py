@@ -50,6 +50,28 @@ _NATS_PY_MAX_PENDING = 4000
 _Message = tuple[str, str, dict[str, str], bytes]
 
 
+# JetStream's "message size exceeds maximum allowed" (JSStreamMessageExceedsMaximumErr).
+_JS_MESSAGE_TOO_LARGE = 10054
+
+
+def refused(
+    exc: nats.js.errors.APIError, *, subject: str, event_id: str | None, size_bytes: int = -1
+) -> PublishError:
+    """The error for a message JetStream refused (a too-large one gets its own type)."""
+    description = exc.description or str(exc)
+    if exc.err_code == _JS_MESSAGE_TOO_LARGE:
+        return MessageTooLargeError(
+            f"JetStream refused {subject}: {description}",
+            size_bytes=size_bytes,
+            limit_bytes=-1,
+            subject=subject,
+            event_id=event_id,
+        )
+    return PublishError(
+        f"JetStream refused {subject}: {description}", subject=subject, event_id=event_id
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     """Where JetStream stored an event (reported only after its PubAck)."""
@@ -278,11 +300,7 @@ class Publisher:
                 event_id=event.id,
             ) from exc
         except nats.js.errors.APIError as exc:
-            raise PublishError(
-                f"JetStream refused {subject}: {exc.description or exc}",
-                subject=subject,
-                event_id=event.id,
-            ) from exc
+            raise refused(exc, subject=subject, event_id=event.id, size_bytes=len(payload)) from exc
 
     async def publish_many(
         self, events: Sequence[CloudEvent], *, window: int = 512
@@ -397,11 +415,7 @@ class _Batch:
         event = self.events[index]
         exc = None if future.cancelled() else future.exception()
         if isinstance(exc, nats.js.errors.APIError):
-            self.results[index] = PublishError(
-                f"JetStream refused {subject}: {exc.description or exc}",
-                subject=subject,
-                event_id=event.id,
-            )
+            self.results[index] = refused(exc, subject=subject, event_id=event.id)
         elif future.cancelled() or exc is not None:
             self.retry.append(index)
         else:
