@@ -42,6 +42,7 @@ from backbone.stack._binaries import (
 from backbone.stack._binaries import (
     postgres_dsn as make_postgres_dsn,
 )
+from backbone.stack._up import HTTP_OK, http_status
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -85,13 +86,7 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _http_ok(url: str) -> bool:
-    import urllib.request  # noqa: PLC0415 - only needed while waiting for a server
-
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:  # noqa: S310 - loopback URL we built
-            return bool(resp.status == 200)  # noqa: PLR2004
-    except OSError:
-        return False
+    return http_status(url) == HTTP_OK
 
 
 async def eventually(

@@ -34,6 +34,7 @@ from nats.js import api
 
 from backbone.errors import ConsumeError, EventError
 from backbone.events import decode_nats, dedup_id
+from backbone.telemetry import consumer_span
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -321,8 +322,6 @@ class Consumer:
         if self.tracer is None:
             await self.handler(event, delivery)
             return
-        from backbone.telemetry import consumer_span  # noqa: PLC0415
-
         with consumer_span(
             self.tracer,
             subject=delivery.subject,

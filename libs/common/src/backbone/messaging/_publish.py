@@ -15,6 +15,7 @@ from backbone.errors import BackboneError, MessageTooLargeError, PublishError, P
 from backbone.events import dedup_id, encode_nats
 from backbone.messaging._streams import subject_for
 from backbone.resilience import Retry, RetryBudgetExhaustedError, RetryConfig
+from backbone.telemetry import producer_span, trace_extensions
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -241,8 +242,6 @@ class Publisher:
         """
         if self.tracer is None:
             return await self._publish(event, subject, headers)
-        from backbone.telemetry import producer_span, trace_extensions  # noqa: PLC0415
-
         with producer_span(
             self.tracer,
             subject=subject or subject_for(event.type),

@@ -142,7 +142,8 @@ def _resolve_command(command: list[str]) -> list[str]:
     return [str(script), *command[1:]] if script.exists() else command
 
 
-def _http_status(url: str) -> int | None:
+def http_status(url: str) -> int | None:
+    """The HTTP status of a GET to ``url`` (None when nothing answers within a second)."""
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL we built
             return int(resp.status)
@@ -282,7 +283,7 @@ class Stack:
         self._wait("supervisord", self.client.alive, 15)
         self._wait(
             "nats-server",
-            lambda: _http_status(f"http://127.0.0.1:{self.monitor_port}{NATS_HEALTH}") == HTTP_OK,
+            lambda: http_status(f"http://127.0.0.1:{self.monitor_port}{NATS_HEALTH}") == HTTP_OK,
             30,
         )
         self._wait("PostgreSQL", self._postgres_ready, 60)
@@ -406,7 +407,7 @@ def status_rows(root: Path) -> list[dict[str, Any]]:
             "log": proc.get("stdout_logfile", ""),
         }
         if name == "nats":
-            code = _http_status(f"{info.nats_monitor_url}/healthz?js-enabled-only=true")
+            code = http_status(f"{info.nats_monitor_url}/healthz?js-enabled-only=true")
             row["health"] = "ok" if code == 200 else "down"  # noqa: PLR2004
             row["endpoint"] = info.nats_url
         elif name == "postgres":
@@ -414,7 +415,7 @@ def status_rows(root: Path) -> list[dict[str, Any]]:
             row["endpoint"] = info.postgres_dsn
         elif name in info.services:
             port = info.services[name]
-            code = _http_status(f"http://127.0.0.1:{port}/readyz")
+            code = http_status(f"http://127.0.0.1:{port}/readyz")
             row["health"] = {200: "ready", 503: "not ready"}.get(code or 0, "down")
             row["endpoint"] = f"http://127.0.0.1:{port}"
         rows.append(row)
