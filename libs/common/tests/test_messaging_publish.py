@@ -8,6 +8,7 @@ from backbone.messaging import (
     MSG_ID_HEADER,
     Publisher,
     apply_streams,
+    is_subject_pattern,
     load_catalog,
     subject_for,
     subject_matches,
@@ -145,3 +146,13 @@ async def test_jetstream_size_refusal_is_a_message_too_large_error(nats_client, 
     publisher = Publisher(nats_client, catalog=catalog, timeout_s=2.0)
     with pytest.raises(MessageTooLargeError):
         await publisher.publish(event(data={"blob": "x" * 2000}))
+
+
+def test_tail_patterns_resolve_to_the_one_stream_that_covers_them(catalog):
+    assert [s.name for s in catalog.streams_covering("mcp.>")] == ["MCP_EVENTS"]
+    assert [s.name for s in catalog.streams_covering("mcp.server.*")] == ["MCP_EVENTS"]
+    assert [s.name for s in catalog.streams_covering("github.push")] == ["WEBHOOK_EVENTS"]
+    assert catalog.streams_covering(">") == []
+    assert is_subject_pattern("a.*.>")
+    assert not is_subject_pattern("a.>.b")
+    assert not is_subject_pattern("a..b")

@@ -37,7 +37,7 @@ from backbone.errors import (
     PublishTimeoutError,
 )
 from backbone.events import CloudEvent, decode_nats, to_json
-from backbone.messaging import PublishResult, subject_for, subject_matches
+from backbone.messaging import PublishResult, is_subject_pattern, subject_for
 from backbone.resilience import CircuitOpenError, RateLimitedError
 from backbone.schemas import MissingSchemaError, SchemaValidationError
 from backbone.telemetry import producer_span, trace_extensions
@@ -435,13 +435,7 @@ class GatewayService:
         Raises:
             ProblemError: 400 invalid pattern, 422 no stream or several streams.
         """
-        tokens = pattern.split(".")
-        if (
-            not pattern
-            or any(not t for t in tokens)
-            or any((">" in t and t != ">") or ("*" in t and t != "*") for t in tokens)
-            or (">" in tokens and tokens[-1] != ">")
-        ):
+        if not is_subject_pattern(pattern):
             raise self.reject(
                 ProblemError(
                     400,
@@ -450,11 +444,7 @@ class GatewayService:
                     attribute="subject",
                 )
             )
-        matches = [
-            spec.name
-            for spec in self.catalog.streams
-            if any(_covers(captured, pattern) for captured in spec.subjects)
-        ]
+        matches = [spec.name for spec in self.catalog.streams_covering(pattern)]
         if len(matches) != 1:
             detail = (
                 f"no declared stream captures {pattern!r}"
@@ -523,17 +513,6 @@ def _with_trace(event: CloudEvent) -> CloudEvent:
     if event.traceparent is not None or not trace.get_current_span().get_span_context().is_valid:
         return event
     return event.with_extensions(**trace_extensions())
-
-
-def _covers(captured: str, pattern: str) -> bool:
-    """Whether every subject matching ``pattern`` is captured by the stream subject ``captured``."""
-    if captured == pattern:
-        return True
-    # Replace wildcards of the pattern by a concrete token and test capture; '>' needs a token.
-    probe = ".".join("x" if token in {"*", ">"} else token for token in pattern.split("."))
-    return subject_matches(captured, probe) and (
-        not pattern.endswith(">") or captured.endswith(">")
-    )
 
 
 def _replace_data(event: CloudEvent, data: Any) -> CloudEvent:  # noqa: ANN401 - any JSON value

@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 from backbone.cli._common import client, console, fail, print_json, run
 from backbone.errors import BackboneError, EventError
 from backbone.events import CloudEvent, decode_nats, to_json
-from backbone.messaging import Publisher, load_catalog, subject_matches
+from backbone.messaging import Publisher, is_subject_pattern, load_catalog
 
 
 def _parse_data(data: str | None, data_file: Path | None) -> Any:  # noqa: ANN401 - any JSON value
@@ -105,7 +105,9 @@ def tail(
 ) -> None:
     """Follow events matching PATTERN as they arrive (or from the start of the stream)."""
     catalog = load_catalog()
-    streams = [s.name for s in catalog.streams if any(_overlaps(p, pattern) for p in s.subjects)]
+    if not is_subject_pattern(pattern):
+        fail(f"{pattern!r} is not a NATS subject pattern")
+    streams = [s.name for s in catalog.streams_covering(pattern)]
     if not streams:
         fail(f"no stream captures {pattern!r}; see `backbone streams status`")
     if len(streams) > 1:
@@ -153,11 +155,3 @@ def _print_message(msg: Any, *, as_json: bool) -> None:  # noqa: ANN401 - nats-p
     when = event.time.isoformat() if event.time else "-"
     data = json.dumps(event.data, default=str)[:200]
     print(f"#{seq} {when} {event.type} {event.source} id={event.id} data={data}")  # noqa: T201
-
-
-def _overlaps(stream_pattern: str, pattern: str) -> bool:
-    # A stream is relevant when the user's pattern can match something the stream captures.
-    probe = pattern.replace(">", "x").replace("*", "x")
-    return subject_matches(stream_pattern, probe) or subject_matches(
-        pattern, stream_pattern.replace(">", "x").replace("*", "x")
-    )

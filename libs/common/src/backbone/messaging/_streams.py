@@ -74,6 +74,28 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(subject_tokens) == len(pattern_tokens)
 
 
+def is_subject_pattern(pattern: str) -> bool:
+    """Whether ``pattern`` is a valid NATS subject or wildcard pattern (``>`` only last)."""
+    tokens = pattern.split(".")
+    return not (
+        not pattern
+        or any(not t for t in tokens)
+        or any((">" in t and t != ">") or ("*" in t and t != "*") for t in tokens)
+        or (">" in tokens and tokens[-1] != ">")
+    )
+
+
+def subject_covers(captured: str, pattern: str) -> bool:
+    """Whether every subject matching ``pattern`` is matched by the stream subject ``captured``."""
+    if captured == pattern:
+        return True
+    # Replace the pattern's wildcards by a concrete token and test capture; '>' needs a token.
+    probe = ".".join("x" if token in {"*", ">"} else token for token in pattern.split("."))
+    return subject_matches(captured, probe) and (
+        not pattern.endswith(">") or captured.endswith(">")
+    )
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -170,6 +192,14 @@ class StreamCatalog:
         if found is None:
             raise NoStreamForSubjectError(subject)
         return found
+
+    def streams_covering(self, pattern: str) -> list[StreamSpec]:
+        """The streams that capture every subject of ``pattern`` (a tail reads exactly one)."""
+        return [
+            spec
+            for spec in self.streams
+            if any(subject_covers(captured, pattern) for captured in spec.subjects)
+        ]
 
     def stream(self, name: str) -> StreamSpec:
         """The stream named ``name``."""
