@@ -34,7 +34,6 @@ from nats.js import api
 
 from backbone.errors import ConsumeError, EventError
 from backbone.events import decode_nats, dedup_id
-from backbone.telemetry import consumer_span
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -322,6 +321,9 @@ class Consumer:
         if self.tracer is None:
             await self.handler(event, delivery)
             return
+        # Imported here: OpenTelemetry costs ~0.1 s at import, which CLI commands never need.
+        from backbone.telemetry import consumer_span  # noqa: PLC0415
+
         with consumer_span(
             self.tracer,
             subject=delivery.subject,

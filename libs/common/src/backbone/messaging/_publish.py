@@ -15,7 +15,6 @@ from backbone.errors import BackboneError, MessageTooLargeError, PublishError, P
 from backbone.events import dedup_id, encode_nats
 from backbone.messaging._streams import subject_for
 from backbone.resilience import Retry, RetryBudgetExhaustedError, RetryConfig
-from backbone.telemetry import producer_span, trace_extensions
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -242,6 +241,9 @@ class Publisher:
         """
         if self.tracer is None:
             return await self._publish(event, subject, headers)
+        # Imported here: OpenTelemetry costs ~0.1 s at import, which CLI commands never need.
+        from backbone.telemetry import producer_span, trace_extensions  # noqa: PLC0415
+
         with producer_span(
             self.tracer,
             subject=subject or subject_for(event.type),
