@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from anomaly_detector.detection import (
     Feedback,
     MultivariateDetector,
     RiverDetector,
+    SeasonalResidual,
 )
 
 FEATURES = ["rate", "error_share", "latency_ms"]
@@ -120,3 +123,61 @@ def test_false_positive_moves_a_cut_held_up_by_the_floor_past_the_score():
     after = cut.feedback("false_positive", score=0.95)
     assert after > 0.95
     assert not cut.observe(0.95)
+
+
+DAY_S = 86_400.0
+CADENCE_S = 300.0  # 288 points a day
+
+
+def daily(rng, days, noise=0.5):
+    t = np.arange(int(days * DAY_S / CADENCE_S))
+    return t * CADENCE_S, 10.0 + 5.0 * np.sin(2 * np.pi * t / 288) + rng.normal(0, noise, len(t))
+
+
+def feed(season, ts, xs):
+    for t, x in zip(ts, xs, strict=True):
+        season.update(float(t), float(x))
+
+
+def test_seasonal_residual_learns_the_lag_from_timestamps_and_sees_the_season():
+    rng = np.random.default_rng(20)
+    ts, xs = daily(rng, 4)
+    season = SeasonalResidual(period_s=DAY_S, periods=3, span_points=20, max_points=4096)
+    feed(season, ts, xs)
+    assert season.lag_points == 288
+    assert season.ready
+    # In phase only the noise differs; half a day off the whole wave does.
+    assert season.residual < 0.2 * season.anti_residual
+    assert season.nbytes == (3 * 288 + 1) * 8
+
+
+def test_seasonal_residual_rises_when_the_season_breaks_and_one_odd_day_is_forgiven():
+    rng = np.random.default_rng(21)
+    ts, xs = daily(rng, 5)
+    xs[3 * 288 : 3 * 288 + 100] = 10.0  # day 3: the wave stays flat for 100 points
+    season = SeasonalResidual(period_s=DAY_S, periods=3, span_points=20, max_points=4096)
+    normal = []
+    broken = []
+    for i, (t, x) in enumerate(zip(ts, xs, strict=True)):
+        season.update(float(t), float(x))
+        if 3 * 288 + 60 <= i < 3 * 288 + 100:
+            broken.append(season.residual)
+        elif 4 * 288 + 60 <= i < 4 * 288 + 100:
+            # Day 4 is normal again: compared with the older normal days, not the odd one.
+            normal.append(season.residual)
+    assert min(broken) > 5 * max(normal)
+
+
+def test_seasonal_residual_is_off_when_the_period_does_not_fit_in_memory():
+    season = SeasonalResidual(period_s=DAY_S, periods=3, span_points=20, max_points=4096)
+    for i in range(200):
+        season.update(float(i), 1.0)  # one point a second: 3 days = 259200 points
+    assert not season.ready
+    assert season.nbytes == 0
+    assert math.isnan(season.residual)
+    assert math.isnan(season.anti_residual)
+
+
+def test_seasonal_residual_rejects_bad_knobs():
+    with pytest.raises(DetectorConfigError):
+        SeasonalResidual(period_s=0.0, periods=3, span_points=20, max_points=4096)

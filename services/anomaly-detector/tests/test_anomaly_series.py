@@ -189,6 +189,9 @@ def test_flat_series_alerts_on_any_change():
         {"rearm_factor": 0.5},
         {"suppress_fraction": 0.0},
         {"calibration_steps": 3},
+        {"season_s": -1.0},
+        {"season_periods": 0},
+        {"season_gate": 0.0},
     ],
 )
 def test_invalid_config_is_rejected(kwargs):
@@ -205,3 +208,50 @@ def test_bank_keeps_at_most_max_series_and_evicts_least_recent():
     assert len(bank) == 3
     assert bank.evicted == 3
     assert bank.keys() == [("svc", "m4"), ("svc", "m2"), ("svc", "m9")]
+
+
+CADENCE_S = 300.0  # NAB's 5-minute cadence: 288 points a day, so the daily season is live
+
+
+def surges(rng, days=8, noise=2.0):
+    # Quiet nights, a busy block from 09:00 to 18:00 every day.
+    t = np.arange(days * 288)
+    busy = (t % 288 >= 108) & (t % 288 < 216)
+    return np.where(busy, 80.0, 20.0) + rng.normal(0, noise, len(t))
+
+
+def run_timed(values, cfg=CFG):
+    det = SeriesDetector(cfg)
+    return [det.update(i * CADENCE_S, float(v)) for i, v in enumerate(values)]
+
+
+def test_a_daily_surge_that_does_not_come_is_detected_by_the_season():
+    # A flat quiet day looks like an ordinary night to a context-free pattern match; only
+    # the comparison with the same time of the previous days sees it.
+    rng = np.random.default_rng(30)
+    x = surges(rng)
+    day = 6 * 288
+    x[day + 108 : day + 216] = 20.0 + rng.normal(0, 2.0, 108)
+    scores = run_timed(x)
+    found = [i for i in alerts(scores) if day + 108 <= i < day + 216]
+    assert found
+    assert any(s.contributions.get("seasonal_novelty", 0.0) >= CFG.alert_novelty for s in scores)
+    without = run_timed(x, SeriesConfig(warmup_points=WARMUP, season_s=0.0))
+    assert not [i for i in alerts(without) if day + 108 <= i < day + 216]
+
+
+def test_regular_surges_alone_raise_no_alert():
+    rng = np.random.default_rng(31)
+    assert alerts(run_timed(surges(rng))) == []
+
+
+def test_seasonal_detector_never_looks_ahead():
+    rng = np.random.default_rng(32)
+    x = surges(rng)
+    y = x.copy()
+    cut = 1700
+    y[cut:] = rng.normal(-40, 9, len(x) - cut)
+    a, b = run_timed(x), run_timed(y)
+    assert [(s.score, s.is_anomaly, s.novelty) for s in a[:cut]] == [
+        (s.score, s.is_anomaly, s.novelty) for s in b[:cut]
+    ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from anomaly_detector.detection._errors import DetectorConfigError
+from anomaly_detector.detection._seasonal import SeasonalResidual
 
 # A pattern compared against the past needs at least two steps.
 _MIN_WINDOW = 2
@@ -50,6 +51,17 @@ class SeriesConfig:
             clearly worse second phase still alerts).
         quiet_scale: Factor applied to the score of points that are no peak, so the peaks rank
             first.
+        season_s: Length of the season in seconds (a day: metrics follow the working day);
+            0 turns the seasonal residual off. The lag in points comes from the timestamps.
+        season_periods: Past periods a point is compared with (the closest counts, so one
+            odd past day does not make today look odd).
+        season_span_steps: Downsampled steps over which the seasonal residual is averaged:
+            only a sustained departure from the season counts (a blip is the kNN's job).
+        season_max_points: Cap on the raw points remembered for the season (bounded
+            memory); a cadence whose ``season_periods`` periods need more goes without.
+        season_gate: The seasonal novelty counts only while the series' typical in-phase
+            residual is below this fraction of its half-period-off residual (the season
+            explains the series); otherwise it would add noise alerts.
     """
 
     warmup_points: int = 600
@@ -65,6 +77,11 @@ class SeriesConfig:
     suppress_fraction: float = 0.15
     rearm_factor: float = 1.5
     quiet_scale: float = 0.1
+    season_s: float = 86400.0
+    season_periods: int = 3
+    season_span_steps: int = 16
+    season_max_points: int = 4096
+    season_gate: float = 0.3
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,6 +98,11 @@ class SeriesConfig:
             "suppress_fraction": 0.0 < self.suppress_fraction <= 1.0,
             "rearm_factor": self.rearm_factor >= 1.0,
             "quiet_scale": 0.0 <= self.quiet_scale <= 1.0,
+            "season_s": self.season_s >= 0.0,
+            "season_periods": self.season_periods >= 1,
+            "season_span_steps": self.season_span_steps >= 1,
+            "season_max_points": self.season_max_points >= 1,
+            "season_gate": 0.0 < self.season_gate <= 1.0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -112,7 +134,8 @@ class Score:
         is_anomaly: True when this point raises an alert (past warm-up, a peak outside the
             refractory period, novelty at least ``alert_novelty``).
         novelty: ``-log10`` of the probability, under the series' own recent distances, of a
-            kNN distance at least this large (1 = one in ten, 3 = one in a thousand).
+            kNN distance at least this large (1 = one in ten, 3 = one in a thousand); the
+            seasonal residual's, when that is larger.
         expected: The median of the current pattern's nearest past patterns' last step: what
             the past suggests this step should look like.
         contributions: Named parts of the verdict, for root-cause hints.
@@ -141,6 +164,13 @@ class SeriesDetector:
     ``suppress_for_points`` points and ``rearm_factor`` times the previous peak (a refractory
     period that adapts to the series' own noise). Memory is bounded by ``memory_steps`` and
     ``calibration_steps``.
+
+    A second, seasonal opinion covers what a context-free pattern match cannot see (a daily
+    surge that does not come looks like an ordinary quiet night): the mean absolute
+    difference of the last ``season_span_steps`` steps from the same time of the previous
+    ``season_periods`` periods (:class:`SeasonalResidual`), calibrated the same way on its own
+    history. It takes part only while the series is seasonal, and the novelty is the larger
+    of the two.
     """
 
     def __init__(self, config: SeriesConfig | None = None) -> None:
@@ -156,6 +186,20 @@ class SeriesDetector:
         self._n_patterns = 0
         self._calib = np.zeros(cfg.calibration_steps, dtype=np.float64)
         self._n_calib = 0
+        self._season = (
+            SeasonalResidual(
+                period_s=cfg.season_s,
+                periods=cfg.season_periods,
+                span_points=cfg.season_span_steps * self._step,
+                max_points=cfg.season_max_points,
+            )
+            if cfg.season_s > 0
+            else None
+        )
+        self._scalib = np.zeros(cfg.calibration_steps, dtype=np.float64)
+        self._acalib = np.zeros(cfg.calibration_steps, dtype=np.float64)
+        self._n_scalib = 0
+        self._seasonal = False
         self._n_points = 0
         self._overlap = np.arange(cfg.window)
         # Monotone (decreasing) queue of recent novelties: its head is the refractory maximum.
@@ -170,7 +214,9 @@ class SeriesDetector:
     @property
     def nbytes(self) -> int:
         """Bytes held by the detector's buffers (bounded by the config)."""
-        return int(self._steps.nbytes + self._patterns.nbytes + self._calib.nbytes)
+        held = self._steps.nbytes + self._patterns.nbytes + self._calib.nbytes
+        held += self._scalib.nbytes + self._acalib.nbytes
+        return int(held + (self._season.nbytes if self._season else 0))
 
     def update(self, timestamp: float, value: float) -> Score:
         """Score one point using only the past, then learn it.
@@ -185,6 +231,8 @@ class SeriesDetector:
         if not math.isfinite(value):
             return Score(timestamp, value, 0.0, is_anomaly=False)
         self._n_points += 1
+        if self._season is not None:
+            self._season.update(timestamp, value)
         self._block.append(value)
         if len(self._block) < self._step:
             return Score(timestamp, value, 0.0, is_anomaly=False)
@@ -208,7 +256,9 @@ class SeriesDetector:
             return Score(timestamp, value, 0.0, is_anomaly=False)
         pattern = self._steps.copy()
         dist, expected, usable = self._distance(pattern)
-        novelty = self._calibrated(dist, pattern) if usable else 0.0
+        own = self._calibrated(dist, pattern, self._calib, self._n_calib) if usable else 0.0
+        seasonal = self._seasonal_novelty(pattern)
+        novelty = max(own, seasonal)
         self._patterns[self._n_patterns % cfg.memory_steps] = pattern
         self._n_patterns += 1
         if usable and self._n_points > cfg.warmup_points * cfg.calibration_start:
@@ -222,7 +272,8 @@ class SeriesDetector:
             # Only peaks rank high: NAB (and an operator) values one early alert per incident.
             score = score * cfg.quiet_scale if warm else 0.0
         contributions = {
-            "pattern_novelty": novelty,
+            "pattern_novelty": own,
+            "seasonal_novelty": seasonal,
             "pattern_distance": dist,
             "step_value": rep,
             "expected": expected,
@@ -262,12 +313,39 @@ class SeriesDetector:
         dist = math.sqrt(float(sq[idx].mean()) / cfg.window)
         return dist, float(np.median(past[idx, -1])), True
 
-    def _calibrated(self, dist: float, pattern: np.ndarray) -> float:
+    def _seasonal_novelty(self, pattern: np.ndarray) -> float:
         cfg = self.config
-        n_cal = min(self._n_calib, cfg.calibration_steps)
+        season = self._season
+        if season is None or not season.ready:
+            return 0.0
+        resid, anti = season.residual, season.anti_residual
+        n_s = min(self._n_scalib, cfg.calibration_steps)
+        novelty = 0.0
+        if n_s >= _MIN_CALIBRATION:
+            if self._n_scalib % cfg.season_span_steps == 0 or n_s == _MIN_CALIBRATION:
+                # Only a series the season explains (in-phase residual well below the
+                # half-period-off one) is judged against its season. The verdict moves
+                # slowly: refresh it once per span, not every step (two medians cost more
+                # than the rest of a step).
+                typical = float(np.median(self._scalib[:n_s]))
+                self._seasonal = typical < cfg.season_gate * float(np.median(self._acalib[:n_s]))
+            if self._seasonal:
+                novelty = self._calibrated(resid, pattern, self._scalib, self._n_scalib)
+        if self._n_points > cfg.warmup_points * cfg.calibration_start:
+            slot = self._n_scalib % cfg.calibration_steps
+            self._scalib[slot] = resid
+            self._acalib[slot] = anti
+            self._n_scalib += 1
+        return novelty
+
+    def _calibrated(
+        self, dist: float, pattern: np.ndarray, calib: np.ndarray, n_calib: int
+    ) -> float:
+        cfg = self.config
+        n_cal = min(n_calib, cfg.calibration_steps)
         if n_cal < _MIN_CALIBRATION:
             return 0.0
-        cal = self._calib[:n_cal]
+        cal = calib[:n_cal]
         # The tail threshold: the tail_quantile of the distances, linearly interpolated.
         pos = cfg.tail_quantile * (n_cal - 1)
         kth = int(pos)
