@@ -26,3 +26,20 @@ def test_postgres_dsn_is_a_fresh_database(postgres_dsn):
             "select count(*) from information_schema.tables where table_schema='public'"
         ).fetchone()
     assert rows == (0,)
+
+
+def test_nats_server_picks_other_ports_when_its_port_is_taken(tmp_path, monkeypatch):
+    import socket  # noqa: PLC0415
+
+    from backbone import testing  # noqa: PLC0415
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        real = testing.free_port
+        ports = iter([taken])
+        monkeypatch.setattr(testing, "free_port", lambda: next(ports, None) or real())
+        with NatsServer(tmp_path / "nats") as server:
+            assert server.running
+            assert server.port != taken

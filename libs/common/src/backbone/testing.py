@@ -144,6 +144,13 @@ class _ServerProcess(abc.ABC):
         self.stop()
 
 
+_BIND_ATTEMPTS = 3
+
+
+class _PortTakenError(BackboneError):
+    """The server could not bind: another process took the port after it was chosen."""
+
+
 class NatsServer(_ServerProcess):
     """A real ``nats-server -js`` bound to 127.0.0.1 on a free port, with its own store.
 
@@ -161,6 +168,9 @@ class NatsServer(_ServerProcess):
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.monitor_port = free_port()
+        # free_port() can lose a race with another process before the server binds; ports we
+        # picked are picked again then, until the first start succeeds (restarts keep them).
+        self._pick_ports = port is None
         self.store_dir = store_dir
         self.config_file = config_file
         self.log_file = log_file or store_dir / "nats-server.log"
@@ -185,6 +195,18 @@ class NatsServer(_ServerProcess):
         """Start the server and wait until JetStream reports healthy."""
         if self.running:
             return
+        for attempt in range(_BIND_ATTEMPTS):
+            try:
+                self._start(timeout_s)
+            except _PortTakenError:
+                if not self._pick_ports or attempt == _BIND_ATTEMPTS - 1:
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
+            else:
+                self._pick_ports = False
+                return
+
+    def _start(self, timeout_s: float) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         cmd = nats_server_command(
             port=self.port,
@@ -193,13 +215,17 @@ class NatsServer(_ServerProcess):
             config_file=self.config_file,
         )
         with self.log_file.open("ab") as log:
+            log_start = log.tell()
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
         health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
 
         def ready() -> bool:
             if self._proc is not None and self._proc.poll() is not None:
-                tail = self.log_file.read_text(errors="replace")[-2000:]
-                raise BackboneError(f"nats-server exited with {self._proc.returncode}:\n{tail}")
+                with self.log_file.open("rb") as log:
+                    log.seek(log_start)
+                    output = log.read().decode(errors="replace")
+                error = _PortTakenError if "address already in use" in output else BackboneError
+                raise error(f"nats-server exited with {self._proc.returncode}:\n{output[-2000:]}")
             return _http_ok(health)
 
         wait_for(ready, timeout_s=timeout_s, what=f"nats-server on {self.url}")

@@ -25,6 +25,7 @@ from backbone.messaging._idempotency import (
     IdempotencyStore,
     PostgresIdempotency,
 )
+from backbone.messaging._jetstream import JetStreamSender, encode_headers, sender_for
 from backbone.messaging._publish import (
     EXPECTED_STREAM_HEADER,
     MSG_ID_HEADER,
@@ -60,6 +61,7 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "IdempotencyStore",
+    "JetStreamSender",
     "PostgresIdempotency",
     "PreparedMessage",
     "PublishResult",
@@ -70,12 +72,14 @@ __all__ = [
     "connect",
     "connect_options",
     "dlq_subject",
+    "encode_headers",
     "find_streams_file",
     "is_subject_pattern",
     "list_dead_letters",
     "load_catalog",
     "parse_duration_s",
     "replay_dead_letter",
+    "sender_for",
     "subject_covers",
     "subject_for",
     "subject_matches",

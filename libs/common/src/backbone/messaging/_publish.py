@@ -13,6 +13,7 @@ import nats.js.errors
 
 from backbone.errors import BackboneError, MessageTooLargeError, PublishError, PublishTimeoutError
 from backbone.events import dedup_id, encode_nats
+from backbone.messaging._jetstream import sender_for
 from backbone.messaging._streams import subject_for
 from backbone.resilience import Retry, RetryBudgetExhaustedError, RetryConfig
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from nats.aio.client import Client
-    from nats.js import JetStreamContext
     from nats.js.api import PubAck
     from opentelemetry.trace import Tracer
 
@@ -144,7 +144,9 @@ class Publisher:
         retry: Retry | None = None,
     ) -> None:
         self._nc = nc
-        self._js: JetStreamContext = nc.jetstream(timeout=timeout_s)
+        # The connection's JetStream sender (backbone.messaging._jetstream): nats-py's wire bytes
+        # without its per-call Python header encoding.
+        self._sender = sender_for(nc)
         self.catalog = catalog
         self.mode: Literal["binary", "structured"] = mode
         self.timeout_s = timeout_s
@@ -279,7 +281,7 @@ class Publisher:
         subject, _stream, headers, payload = message
         try:
             return await self.retry.call(
-                self._js.publish, subject, payload, timeout=self.timeout_s, headers=headers
+                self._sender.publish, subject, payload, headers, timeout_s=self.timeout_s
             )
         except RetryBudgetExhaustedError as exc:
             raise PublishTimeoutError(
@@ -346,7 +348,7 @@ class Publisher:
         # keeps the per-event cost O(1). Each PubAck is turned into its result by a
         # done-callback, which also drops the future: what stays alive is O(window), not O(n)
         # (a batch holding every future and ack to the end costs full GC passes over them).
-        publish_async = self._js.publish_async
+        publish_async = self._sender.publish_async
         prepare = self._prepare
         done = batch.done
         pending = batch.pending
@@ -359,10 +361,7 @@ class Publisher:
             if len(pending) >= batch.size:
                 await self._wait_for_slot(batch)
             try:
-                # No wait_stall: nats-py's own pending limit (4000 per context, and this context
-                # is ours) is never exceeded because our window is capped at it, and passing
-                # a timeout costs a task per call.
-                future = await publish_async(subject, payload, headers=headers)
+                future = await publish_async(subject, payload, headers)
             except _RETRYABLE:
                 batch.retry.append(index)
                 continue

@@ -35,7 +35,7 @@ from psycopg.types.json import set_json_loads
 from pydantic import BaseModel, Field
 
 from backbone.errors import BackboneError
-from backbone.messaging import EXPECTED_STREAM_HEADER
+from backbone.messaging import EXPECTED_STREAM_HEADER, sender_for
 from backbone.outbox._migrations import migrate
 from backbone.outbox._partitions import PartitionOwnership
 from backbone.outbox._sql import (
@@ -202,7 +202,9 @@ class OutboxRelay:
         self.name = name
         self.stats = RelayStats()
         self._nc = nc
-        self._js = nc.jetstream(timeout=self.config.ack_timeout_s)
+        # The connection's JetStream sender: the stored headers go out without nats-py's
+        # per-header Python encoding (backbone.messaging._jetstream).
+        self._sender = sender_for(nc)
         self._catalog = catalog
         self._metrics = metrics
         self._tracer = tracer
@@ -506,7 +508,7 @@ class OutboxRelay:
 
     async def _publish(self, rows: Sequence[Any]) -> _Outcome:  # noqa: C901, PLR0912, PLR0915 - one pass
         """Publish ``rows`` pipelined and sort each into ok / poison / not done."""
-        nc, js = self._nc, self._js
+        nc, publish_async = self._nc, self._sender.publish_async
         max_payload = nc.max_payload
         futures: list[asyncio.Future[PubAck] | None] = [None] * len(rows)
         streams: list[str] = [""] * len(rows)
@@ -535,7 +537,7 @@ class OutboxRelay:
                 errors[index] = ("ConnectionError: NATS disconnected", False)
                 break
             try:
-                futures[index] = await js.publish_async(subject, payload, headers=headers)
+                futures[index] = await publish_async(subject, payload, headers)
             except _POISON_PUBLISH as exc:
                 errors[index] = (f"{type(exc).__name__}: {exc}", True)
             except Exception as exc:  # noqa: BLE001 - anything else: retry from this row
