@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backbone.errors import ConfigError
 from backbone.resilience import (
     FakeClock,
     KeyedRateLimiter,
@@ -146,3 +148,99 @@ async def test_keyed_limiter_isolates_keys_and_bounds_memory() -> None:
     assert len(limiter) == 100
     assert limiter.evicted_keys == 902
     assert limiter.metrics()["keys"] == 100
+
+
+async def test_set_rate_credits_the_past_at_the_old_rate_and_restore_puts_config_back() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(
+        "t", RateLimiterConfig(rate_per_s=10, burst=10, max_wait_s=0), clock=clock
+    )
+    events: list[tuple[str, dict[str, object]]] = []
+    limiter.events.add_listener(lambda e: events.append((e.event, dict(e.data))))
+    assert sum(limiter.try_acquire() for _ in range(20)) == 10  # bucket drained
+    clock.advance(0.3)  # 3 permits earned at 10/s before the change
+    limiter.set_rate(1.0)  # burst follows: 10 * 1/10 = 1
+    assert (limiter.rate_per_s, limiter.burst, limiter.rate_changed) == (1.0, 1.0, True)
+    # The 3 earned permits do not fit the new bucket of 1: one is left, not 3, not 0.
+    assert [limiter.try_acquire() for _ in range(2)] == [True, False]
+    clock.advance(0.5)
+    assert limiter.try_acquire() is False  # at 1/s half a second earns half a permit
+    clock.advance(0.5)
+    assert limiter.try_acquire() is True
+    clock.advance(100.0)
+    assert sum(limiter.try_acquire() for _ in range(5)) == 1  # the burst is 1 now
+    metrics = limiter.metrics()
+    assert (metrics["rate_per_s"], metrics["configured_rate_per_s"]) == (1.0, 10.0)
+
+    limiter.restore_rate()
+    assert (limiter.rate_per_s, limiter.burst, limiter.rate_changed) == (10.0, 10.0, False)
+    clock.advance(1.0)
+    assert sum(limiter.try_acquire() for _ in range(20)) == 10
+    limiter.set_rate(2.0, burst=4.0)
+    assert limiter.burst == 4.0
+    limiter.reset()  # reset also means: as configured
+    assert (limiter.rate_per_s, limiter.burst) == (10.0, 10.0)
+    changes = [(name, data) for name, data in events if name.startswith("rate_")]
+    assert [name for name, _ in changes] == ["rate_changed", "rate_restored", "rate_changed"]
+    assert changes[0][1] == {"rate_per_s": 1.0, "burst": 1.0, "previous_rate_per_s": 10.0}
+
+
+async def test_set_rate_keeps_the_bucket_bound_at_each_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter("b", RateLimiterConfig(rate_per_s=100, max_wait_s=0), clock=clock)
+    clock.advance(10.0)
+    limiter.set_rate(5.0)  # no burst configured: one second's worth
+    admitted: list[float] = []
+    for _ in range(400):
+        if limiter.try_acquire():
+            admitted.append(clock.monotonic())
+        clock.advance(0.01)
+    assert_bucket_bound(admitted, 5.0, 5.0)
+    assert len(admitted) == pytest.approx(5 + 5 * 4.0, abs=1)
+
+
+async def test_set_rate_applies_to_every_key_and_validates() -> None:
+    clock = FakeClock()
+    limiter = KeyedRateLimiter(
+        "per-key", RateLimiterConfig(rate_per_s=100, burst=50, max_wait_s=0), clock=clock
+    )
+    assert limiter.try_acquire("a")
+    limiter.set_rate(10.0)
+    assert limiter.burst == 5.0  # the configured burst, scaled like the rate
+    assert sum(limiter.try_acquire("a") for _ in range(50)) == 5  # an existing key
+    assert sum(limiter.try_acquire("new") for _ in range(50)) == 5  # and a new one
+    assert limiter.available_permits("never-seen") == 5.0
+    limiter.restore_rate()
+    clock.advance(1.0)
+    assert sum(limiter.try_acquire("a") for _ in range(100)) == 50
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            limiter.set_rate(bad)
+    with pytest.raises(ConfigError):
+        limiter.set_rate(1.0, burst=0.5)
+
+
+def test_set_rate_is_thread_safe() -> None:
+    # Many threads take permits while another keeps changing the rate: the counters stay exact
+    # and the limiter never admits more than the largest rate's bound.
+    limiter = RateLimiter("threads", RateLimiterConfig(rate_per_s=1e6, burst=1000, max_wait_s=0))
+    stop = threading.Event()
+    taken = [0] * 4
+
+    def take(i: int) -> None:
+        while not stop.is_set():
+            taken[i] += limiter.try_acquire()
+
+    workers = [threading.Thread(target=take, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        for i in range(300):
+            limiter.set_rate(1e6 if i % 2 else 10.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert sum(taken) == limiter.admitted_calls
+    limiter.restore_rate()
+    assert limiter.rate_per_s == 1e6

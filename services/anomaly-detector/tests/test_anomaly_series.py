@@ -8,6 +8,7 @@ from anomaly_detector import detection
 from anomaly_detector.detection import (
     DetectorBank,
     DetectorConfigError,
+    SeasonalResidual,
     SeriesConfig,
     SeriesDetector,
 )
@@ -255,3 +256,74 @@ def test_seasonal_detector_never_looks_ahead():
     assert [(s.score, s.is_anomaly, s.novelty) for s in a[:cut]] == [
         (s.score, s.is_anomaly, s.novelty) for s in b[:cut]
     ]
+
+
+FINE_S = 10.0  # the service's snapshot cadence: 8640 points a day, 3 days do not fit raw
+FINE_DAY = 8640
+HOUR = 360  # points per hour at 10 s
+
+
+def fine_surges(rng, days):
+    tod = np.arange(days * FINE_DAY) % FINE_DAY
+    busy = (tod >= 9 * HOUR) & (tod < 18 * HOUR)
+    return np.where(busy, 80.0, 20.0) + rng.normal(0, 2.0, len(tod))
+
+
+def test_a_missing_surge_is_seen_by_the_season_at_a_ten_second_cadence():
+    rng = np.random.default_rng(40)
+    days = 4
+    x = fine_surges(rng, days)
+    day = (days - 1) * FINE_DAY
+    window = slice(day + 9 * HOUR, day + 18 * HOUR)
+    x[window] = 20.0 + rng.normal(0, 2.0, 9 * HOUR)  # the busy block of the last day never comes
+    t0 = 1_750_032_000.0  # midnight UTC
+
+    def run_fine(cfg):
+        det = SeriesDetector(cfg)
+        return det, [det.update(t0 + i * FINE_S, float(v)) for i, v in enumerate(x)]
+
+    det, scores = run_fine(SeriesConfig(warmup_points=120))  # the service's warm-up
+    season = det._season
+    assert season is not None
+    assert season.binned  # 5-minute means: three days in 865 values instead of 25 921 points
+    assert season.lag_points == 288
+    assert season.nbytes == (3 * 288 + 1) * 8
+    seasonal = np.array([s.contributions.get("seasonal_novelty", 0.0) for s in scores])
+    inside = np.zeros(len(x), dtype=bool)
+    inside[window] = True
+    # Ordinary days stay within the calibrated tail; the missing surge is far outside it,
+    # from its first 5-minute bin on.
+    assert seasonal[~inside].max() < 5.0
+    assert seasonal[inside].max() > 20.0
+    first = int(np.argmax(inside & (seasonal >= 5.0)))
+    assert first - (day + 9 * HOUR) <= HOUR // 6
+    flagged = [
+        i
+        for i in alerts(scores)
+        if inside[i] and scores[i].contributions["seasonal_novelty"] >= scores[i].novelty
+    ]
+    assert flagged
+    assert flagged[0] - (day + 9 * HOUR) <= HOUR // 6
+
+    _, without = run_fine(SeriesConfig(warmup_points=120, season_s=0.0))
+    assert max(s.novelty for s in without[window]) < 5.0  # a quiet day is just a quiet day
+
+
+def test_binned_season_places_bins_by_time_so_a_gap_keeps_the_phase():
+    def fed(skip):
+        season = SeasonalResidual(
+            period_s=86_400.0, periods=3, span_points=4, max_points=4096, bin_s=300.0
+        )
+        for i in range(3 * FINE_DAY + 12 * HOUR):
+            if skip and 2 * FINE_DAY <= i < 2 * FINE_DAY + 2 * HOUR:
+                continue  # two hours without snapshots (a restart)
+            tod = i % FINE_DAY
+            season.update(i * FINE_S, 80.0 if 9 * HOUR <= tod < 18 * HOUR else 20.0)
+        return season
+
+    steady, gapped = fed(skip=False), fed(skip=True)
+    assert steady.binned
+    assert gapped.binned
+    assert steady.residual == 0.0
+    assert gapped.residual == 0.0  # still in phase after the gap
+    assert gapped.anti_residual == steady.anti_residual == 60.0

@@ -9,12 +9,21 @@ latency anomaly / latency prediction        ``open_breaker`` (service), ``enable
 error anomaly / error-rate prediction       ``open_breaker`` (service)
 pending, ack-pending, redelivery anomaly    ``scale_consumer``
 stream-limit prediction                     ``scale_consumer``, ``throttle_producer``
-publish-rate anomaly (service, stream, type) ``throttle_producer``
+publish-rate rise (service, stream, type)   ``throttle_producer``
 ==========================================  =================================================
 
-Only ``open_breaker`` is *executable*: it maps to the ``force_open`` request of
-``backbone.control.<service>.resilience`` (and ``close`` when it expires). Scaling, caches and
-producer throttling have no control subject yet, so they stay suggestions for an operator.
+Two actions are *executable*, both through ``backbone.control.<service>.resilience``:
+
+* ``open_breaker`` -> ``force_open`` of the service's breaker(s), reverted by ``close``;
+* ``throttle_producer`` -> ``set_rate`` of the rate limiter admitting the producers of the
+  stream concerned (``ActionSettings.producers``: stream -> ``<service>/<limiter>``, by default
+  the event gateway's global ingress limiter for the streams it writes to), at
+  ``throttle_fraction`` of the observed rate, reverted by ``restore_rate``. A throttle is
+  suggested only for a rate that went *up* (a drop is no reason to slow a producer down); its
+  target is the limiter (``event-gateway/event-gateway-global``), so one limiter carries at
+  most one throttle whichever of its streams triggered it.
+
+Scaling and caches have no control subject, so they stay suggestions for an operator.
 
 :class:`ActionGate` decides whether an executable suggestion is applied: enabled, allowlisted
 (``<action>:<target>`` globs), not within ``min_interval_s`` of the previous action on that
@@ -40,8 +49,14 @@ CLOSE_BREAKER: Final = "close_breaker"
 ENABLE_CACHE: Final = "enable_cache"
 SCALE_CONSUMER: Final = "scale_consumer"
 THROTTLE_PRODUCER: Final = "throttle_producer"
+RESTORE_PRODUCER: Final = "restore_producer"
 #: Suggested action -> resilience control op that applies it.
-EXECUTABLE_OPS: Final = {OPEN_BREAKER: "force_open"}
+EXECUTABLE_OPS: Final = {OPEN_BREAKER: "force_open", THROTTLE_PRODUCER: "set_rate"}
+#: Suggested action -> (recorded action, resilience control op) that reverts it on expiry.
+REVERT_OPS: Final = {
+    OPEN_BREAKER: (CLOSE_BREAKER, "close"),
+    THROTTLE_PRODUCER: (RESTORE_PRODUCER, "restore_rate"),
+}
 _HOUR_S: Final = 3600.0
 
 _LATENCY_HINTS: Final = ("latency",)
@@ -56,11 +71,13 @@ class Suggestion:
 
     Attributes:
         action: ``open_breaker``, ``enable_cache``, ``scale_consumer``, ``throttle_producer``.
-        target: ``<service>`` or ``<service>/<breaker>`` for breakers; the entity otherwise.
+        target: ``<service>`` or ``<service>/<breaker>`` for breakers, ``<service>/<limiter>``
+            for an executable throttle; the entity otherwise.
         service: The service a control request goes to (executable actions only).
-        name: The breaker name, or None for every breaker of the service.
+        name: The breaker (or rate limiter) name; None for every breaker of the service.
         reason: One sentence for the operator.
         confidence: In [0, 1], inherited from the finding.
+        rate_per_s: The rate a throttle sets (``set_rate``).
     """
 
     action: str
@@ -69,10 +86,15 @@ class Suggestion:
     confidence: float
     service: str | None = None
     name: str | None = None
+    rate_per_s: float | None = None
 
     @property
     def executable(self) -> bool:
         """Whether the service can apply it through a control subject."""
+        if self.action == THROTTLE_PRODUCER:
+            return (
+                self.service is not None and self.name is not None and self.rate_per_s is not None
+            )
         return self.action in EXECUTABLE_OPS and self.service is not None
 
     @property
@@ -81,8 +103,42 @@ class Suggestion:
         return EXECUTABLE_OPS.get(self.action)
 
 
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Where and how hard a producer can be throttled: ``set_rate`` of one rate limiter.
+
+    Attributes:
+        service: The service holding the limiter (control subject token).
+        limiter: The rate limiter's name in that service.
+        rate_per_s: The rate to set.
+        observed_per_s: The rate that was observed (for the operator).
+    """
+
+    service: str
+    limiter: str
+    rate_per_s: float
+    observed_per_s: float
+
+
 def _matches(metric: str, hints: tuple[str, ...]) -> bool:
     return any(hint in metric for hint in hints)
+
+
+def _throttle(entity: str, why: str, confidence: float, throttle: Throttle | None) -> Suggestion:
+    if throttle is None:
+        return Suggestion(
+            THROTTLE_PRODUCER, entity, f"{entity}: {why}; throttle its producers", confidence
+        )
+    return Suggestion(
+        THROTTLE_PRODUCER,
+        f"{throttle.service}/{throttle.limiter}",
+        f"{entity}: {why}; throttle its producers at {throttle.service}/{throttle.limiter} to "
+        f"{throttle.rate_per_s:g}/s (observed {throttle.observed_per_s:g}/s)",
+        confidence,
+        service=throttle.service,
+        name=throttle.limiter,
+        rate_per_s=throttle.rate_per_s,
+    )
 
 
 def suggest(
@@ -93,6 +149,8 @@ def suggest(
     metric: str,
     confidence: float,
     breakers: dict[str, str] | None = None,
+    throttle: Throttle | None = None,
+    rising: bool = True,
 ) -> list[Suggestion]:
     """The suggestions for one finding (see the table in the module docstring).
 
@@ -103,6 +161,9 @@ def suggest(
         metric: The metric concerned.
         confidence: The finding's confidence.
         breakers: service -> breaker name to open (else every breaker of the service).
+        throttle: The limiter admitting this entity's producers, with the rate to set; makes
+            ``throttle_producer`` executable.
+        rising: Whether the value went up (a rate that dropped suggests no throttle).
     """
     out: list[Suggestion] = []
     prediction = finding.removeprefix("prediction.") if finding.startswith("prediction.") else None
@@ -141,12 +202,7 @@ def suggest(
             )
         )
         out.append(
-            Suggestion(
-                THROTTLE_PRODUCER,
-                entity,
-                f"{entity}: {metric} will exceed the stream limit; throttle its producers",
-                confidence,
-            )
+            _throttle(entity, f"{metric} will exceed the stream limit", confidence, throttle)
         )
     elif prediction is None and _matches(metric, _BACKLOG_HINTS):
         out.append(
@@ -154,15 +210,8 @@ def suggest(
                 SCALE_CONSUMER, entity, f"{entity}: {metric} is abnormal; add consumers", confidence
             )
         )
-    elif prediction is None and _matches(metric, _RATE_HINTS):
-        out.append(
-            Suggestion(
-                THROTTLE_PRODUCER,
-                entity,
-                f"{entity}: {metric} is abnormal; throttle the producer",
-                confidence,
-            )
-        )
+    elif prediction is None and rising and _matches(metric, _RATE_HINTS):
+        out.append(_throttle(entity, f"{metric} is abnormally high", confidence, throttle))
     return out
 
 

@@ -6,7 +6,9 @@ Start-up order (so a restart does not blind the detector and nothing is learned 
    the ``system.metrics.anomaly-detector`` reporter (:class:`backbone.service.ServiceRuntime`);
 2. note SYSTEM_EVENTS' last sequence ``L``;
 3. replay ``system.metrics.>`` from ``now - replay_window_s`` through ``L`` with an ephemeral
-   consumer into the models, emitting nothing;
+   consumer into the models, emitting nothing: the services' snapshots and the
+   ``system.metrics.jetstream`` snapshots the stats poller publishes (JetStream stream,
+   consumer and event-type series), so neither kind of series starts cold;
 4. follow ``ai.feedback.>`` (history of ``feedback_replay_s`` first) and apply it;
 5. consume this replica's durable on ``system.metrics.>`` (it resumes from its ack floor;
    messages ``<= L`` are acknowledged unlearned), poll JetStream stats,
@@ -33,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from anomaly_detector.actions import ActionGate
-from anomaly_detector.features import owner_of, snapshot_observation
+from anomaly_detector.features import owner_of, snapshot_observations
 from anomaly_detector.handlers import (
     METRICS_FILTER,
     SYSTEM_STREAM,
@@ -177,6 +179,8 @@ class AnomalyApp(ServiceApp[Settings]):
                 type_rate_streams=cfg.type_rate_streams,
                 max_types=cfg.max_types,
                 clock=self.clock,
+                publish=publisher.publish if cfg.stats_snapshots else None,
+                instance=self.runtime.instance,
             )
             self._tasks.append(
                 asyncio.create_task(self.poller.run(self._stop, interval_s=cfg.stats_interval_s))
@@ -199,9 +203,9 @@ class AnomalyApp(ServiceApp[Settings]):
         assert service is not None  # noqa: S101 - set by _start
 
         def learn(event: CloudEvent) -> None:
-            obs = snapshot_observation(event)
-            if obs is not None and self.owns(obs.entity):
-                service.observe(obs, emit=False)
+            for obs in snapshot_observations(event):
+                if self.owns(obs.entity):
+                    service.observe(obs, emit=False)
 
         if cfg.replay_window_s <= 0:
             return 0

@@ -16,6 +16,10 @@ Three sources, all read over NATS (no HTTP between services):
   that). Per-subject counts shrink when old messages are evicted, so these rates are lower
   bounds while a stream is at its limit.
 
+What the detector samples from JetStream is not on the bus by itself, so the poller publishes it
+as ``system.metrics.jetstream`` snapshots (:func:`stats_snapshot`; read back by
+:func:`stats_observations`): the start-up replay rebuilds those series like the services' ones.
+
 Also the small numeric helpers the service uses per series: :class:`RobustWindow` (median/MAD
 of recent values) and :class:`TrendWindow` (Theil-Sen slope, forecasts), and :func:`owner_of`
 (which replica owns an entity).
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import combinations
@@ -43,6 +47,14 @@ METRICS_PREFIX: Final = METRICS_EVENT_TYPE_PREFIX
 STREAM_PREFIX: Final = "stream:"
 CONSUMER_PREFIX: Final = "consumer:"
 TYPE_PREFIX: Final = "type:"
+#: The ``service`` of the detector's JetStream-stats snapshots (reserved: no service has it).
+JETSTREAM_SNAPSHOT: Final = "jetstream"
+JETSTREAM_METRICS_TYPE: Final = METRICS_PREFIX + JETSTREAM_SNAPSHOT
+_KIND_COUNTS: Final = (
+    ("stream", "streams"),
+    ("consumer", "consumers"),
+    ("event_type", "event_types"),
+)
 _MAD_TO_SIGMA: Final = 1.4826
 _MIN_TREND_POINTS: Final = 4
 
@@ -90,9 +102,17 @@ def iso(timestamp_s: float) -> str:
 
 
 def snapshot_observation(event: CloudEvent) -> Observation | None:
-    """The observation carried by a ``system.metrics.<service>`` snapshot (None if malformed)."""
+    """The observation carried by a ``system.metrics.<service>`` snapshot (None if malformed).
+
+    None for ``system.metrics.jetstream`` too: that one carries many entities
+    (:func:`stats_observations`).
+    """
     data = event.data
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+    if (
+        event.type == JETSTREAM_METRICS_TYPE
+        or not isinstance(data, dict)
+        or not isinstance(data.get("metrics"), dict)
+    ):
         return None
     service = data.get("service")
     if not isinstance(service, str) or not service:
@@ -119,6 +139,84 @@ def snapshot_observation(event: CloudEvent) -> Observation | None:
         evidence_stream="SYSTEM_EVENTS",
         evidence_subject=event.type,
     )
+
+
+def stats_snapshot(
+    observations: Iterable[Observation], *, instance: str, interval_s: float
+) -> dict[str, Any]:
+    """The data of a ``system.metrics.jetstream`` snapshot: one poll's observations.
+
+    It follows the metrics-snapshot shape (``service``, ``instance``, ``interval_s``, flat
+    numeric ``metrics``: here how many entities of each kind were sampled) and adds
+    ``observations``: per entity its ``entity``, ``kind``, ``values``, and when known its
+    ``stream``, ``subject`` and ``limits``. The poll time is the event's ``time``.
+    """
+    entries: list[dict[str, Any]] = []
+    kinds: Counter[str] = Counter()
+    for obs in observations:
+        kinds[obs.kind] += 1
+        entry: dict[str, Any] = {"entity": obs.entity, "kind": obs.kind, "values": obs.values}
+        if obs.evidence_stream:
+            entry["stream"] = obs.evidence_stream
+        if obs.evidence_subject:
+            entry["subject"] = obs.evidence_subject
+        if obs.limits:
+            entry["limits"] = obs.limits
+        entries.append(entry)
+    return {
+        "service": JETSTREAM_SNAPSHOT,
+        "instance": instance,
+        "interval_s": interval_s,
+        "metrics": {name: float(kinds[kind]) for kind, name in _KIND_COUNTS},
+        "observations": entries,
+    }
+
+
+def _numbers(raw: object) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def stats_observations(event: CloudEvent) -> list[Observation]:
+    """The observations of a ``system.metrics.jetstream`` snapshot (malformed entries skipped)."""
+    data = event.data
+    if not isinstance(data, dict) or not isinstance(data.get("observations"), list):
+        return []
+    timestamp = event.time.timestamp() if event.time is not None else 0.0
+    observations: list[Observation] = []
+    for entry in data["observations"]:
+        if not isinstance(entry, dict):
+            continue
+        entity, kind = entry.get("entity"), entry.get("kind")
+        values = _numbers(entry.get("values"))
+        if not isinstance(entity, str) or not isinstance(kind, str) or not values:
+            continue
+        stream, subject = entry.get("stream"), entry.get("subject")
+        observations.append(
+            Observation(
+                entity=entity,
+                kind=kind,
+                timestamp_s=timestamp,
+                values=values,
+                evidence_stream=stream if isinstance(stream, str) else None,
+                evidence_subject=subject if isinstance(subject, str) else None,
+                limits=_numbers(entry.get("limits")),
+            )
+        )
+    return observations
+
+
+def snapshot_observations(event: CloudEvent) -> list[Observation]:
+    """What any ``system.metrics.*`` snapshot carries: one service, or one JetStream poll."""
+    if event.type == JETSTREAM_METRICS_TYPE:
+        return stats_observations(event)
+    obs = snapshot_observation(event)
+    return [] if obs is None else [obs]
 
 
 @dataclass(frozen=True, slots=True)

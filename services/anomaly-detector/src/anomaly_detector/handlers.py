@@ -18,14 +18,23 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from anomaly_detector.actions import CLOSE_BREAKER, ActionGate, AppliedAction, Suggestion
+from anomaly_detector.actions import (
+    REVERT_OPS,
+    THROTTLE_PRODUCER,
+    ActionGate,
+    AppliedAction,
+    Suggestion,
+)
 from anomaly_detector.features import (
+    JETSTREAM_METRICS_TYPE,
+    JETSTREAM_SNAPSHOT,
     ConsumerStat,
     Observation,
     StatsTracker,
     StreamStat,
     iso,
     snapshot_observation,
+    stats_snapshot,
 )
 from anomaly_detector.service import (
     APPLIED_TYPE,
@@ -141,7 +150,7 @@ class FindingSink:
                 "trigger": {"id": finding.id, "type": finding.type},
             }
             if suggestion.executable:
-                data.update(op=suggestion.op, service=suggestion.service, breaker=suggestion.name)
+                data.update(op=suggestion.op, service=suggestion.service, **_instance(suggestion))
             await self._emit(
                 CloudEvent.create(
                     type=SUGGESTED_TYPE,
@@ -154,11 +163,18 @@ class FindingSink:
             if decision.apply:
                 await self._apply(finding, suggestion, suggestion_id)
 
-    async def _control(self, service: str, op: str, name: str | None) -> list[dict[str, Any]]:
+    async def _control(
+        self, service: str, op: str, name: str | None, *, rate_per_s: float | None = None
+    ) -> list[dict[str, Any]]:
         if self._nc is None:
             return []
         return await request_all(
-            self._nc, service, op, name=name, timeout_s=self.settings.control_timeout_s
+            self._nc,
+            service,
+            op,
+            name=name,
+            timeout_s=self.settings.control_timeout_s,
+            rate_per_s=rate_per_s,
         )
 
     @staticmethod
@@ -182,7 +198,9 @@ class FindingSink:
     async def _apply(self, finding: Finding, suggestion: Suggestion, suggestion_id: str) -> None:
         assert suggestion.service is not None  # noqa: S101 - executable implies a service
         assert suggestion.op is not None  # noqa: S101
-        replies = await self._control(suggestion.service, suggestion.op, suggestion.name)
+        replies = await self._control(
+            suggestion.service, suggestion.op, suggestion.name, rate_per_s=suggestion.rate_per_s
+        )
         action_id = str(uuid.uuid4())
         result = self._result(replies)
         applied = self.gate.record(action_id, suggestion)
@@ -200,7 +218,7 @@ class FindingSink:
                     "result": result,
                     "op": suggestion.op,
                     "service": suggestion.service,
-                    "breaker": suggestion.name,
+                    **_instance(suggestion),
                     "subject": f"backbone.control.{suggestion.service}.resilience",
                     "reason": suggestion.reason,
                     "expires_at": iso(applied.expires_at_s) if result == "ok" else None,
@@ -222,21 +240,25 @@ class FindingSink:
         expired = self.gate.due()
         for action in expired:
             suggestion = action.suggestion
-            if suggestion.service is None:
+            if suggestion.service is None or suggestion.action not in REVERT_OPS:
                 continue
-            replies = await self._control(suggestion.service, "close", suggestion.name)
+            revert, op = REVERT_OPS[suggestion.action]
+            replies = await self._control(suggestion.service, op, suggestion.name)
+            instance = _instance(suggestion)
+            instance.pop("rate_per_s", None)
             await self._emit(
                 CloudEvent.create(
                     type=APPLIED_TYPE,
                     source=SOURCE,
                     subject=suggestion.target,
                     data={
-                        "action": CLOSE_BREAKER,
+                        "action": revert,
                         "target": suggestion.target,
                         "result": self._result(replies),
-                        "op": "close",
+                        "op": op,
                         "service": suggestion.service,
-                        "breaker": suggestion.name,
+                        **instance,
+                        "subject": f"backbone.control.{suggestion.service}.resilience",
                         "reason": "expired",
                         "reverts": action.id,
                         "replies": self._summary(replies),
@@ -246,12 +268,20 @@ class FindingSink:
         return expired
 
 
+def _instance(suggestion: Suggestion) -> dict[str, Any]:
+    """The control target of an executable suggestion, as event data fields."""
+    if suggestion.action == THROTTLE_PRODUCER:
+        return {"limiter": suggestion.name, "rate_per_s": suggestion.rate_per_s}
+    return {"breaker": suggestion.name}
+
+
 class SnapshotHandler:
     """Handler of the durable ``system.metrics.>`` consumer.
 
     Messages up to ``replayed_through_seq`` were already learned by the start-up replay and are
     acknowledged without being learned twice; snapshots of entities another replica owns are
-    acknowledged and ignored.
+    acknowledged and ignored, and so are ``system.metrics.jetstream`` snapshots: the replica
+    that published one had learned it while polling (they are for the replay).
     """
 
     def __init__(
@@ -274,7 +304,7 @@ class SnapshotHandler:
     async def __call__(self, event: CloudEvent, delivery: Delivery) -> None:
         """Learn one snapshot and publish what it revealed."""
         seq = delivery.stream_seq
-        if seq <= self.replayed_through_seq:
+        if seq <= self.replayed_through_seq or event.type == JETSTREAM_METRICS_TYPE:
             return
         findings = self._unpublished.pop(seq, None)
         if findings is None:
@@ -324,6 +354,11 @@ class StatsPoller:
     Only durable consumers are tracked (ephemeral ones come and go with random names). The
     per-type rates use one stream-info call with a subjects filter per configured stream, plus
     one on DLQ for the dead-letter shares.
+
+    With ``publish`` given, each poll's owned observations are also published as one
+    ``system.metrics.jetstream`` snapshot (SYSTEM_EVENTS), so the start-up replay of a
+    restarted replica (or of the replica that owns them after a re-split) rebuilds these
+    series too; a failed snapshot publish is logged and does not fail the poll.
     """
 
     def __init__(
@@ -336,8 +371,14 @@ class StatsPoller:
         type_rate_streams: list[str],
         max_types: int = 200,
         clock: Callable[[], float] = time.time,
+        publish: Callable[[CloudEvent], Awaitable[Any]] | None = None,
+        instance: str = "local",
     ) -> None:
         self._js = js
+        self._publish = publish
+        self.instance = instance
+        self._last_poll_s: float | None = None
+        self.snapshots = 0
         self.service = service
         self.sink = sink
         self.owns = owns
@@ -349,7 +390,9 @@ class StatsPoller:
 
     async def observations(self) -> list[Observation]:
         """One poll's observations of the owned entities."""
-        now = self.clock()
+        # Millisecond resolution: the snapshot's CloudEvent time carries it exactly, so the
+        # replayed points have the very timestamps the live models saw.
+        now = round(self.clock(), 3)
         observations: list[Observation] = []
         infos = await self._js.streams_info()
         names = set()
@@ -386,10 +429,32 @@ class StatsPoller:
     async def poll_once(self) -> int:
         """Poll, observe, publish; returns the number of observations."""
         observations = await self.observations()
-        for obs in observations:
-            await self.sink.publish(self.service.observe(obs))
+        findings = [self.service.observe(obs) for obs in observations]
+        await self._snapshot(observations)
+        for found in findings:
+            await self.sink.publish(found)
         self.polls += 1
         return len(observations)
+
+    async def _snapshot(self, observations: list[Observation]) -> None:
+        if self._publish is None or not observations:
+            return
+        now = observations[0].timestamp_s
+        interval_s = 0.0 if self._last_poll_s is None else max(now - self._last_poll_s, 0.0)
+        self._last_poll_s = now
+        event = CloudEvent.create(
+            type=JETSTREAM_METRICS_TYPE,
+            source=f"{SOURCE}/{JETSTREAM_SNAPSHOT}",
+            subject=self.instance,
+            time=datetime.fromtimestamp(now, UTC),
+            data=stats_snapshot(observations, instance=self.instance, interval_s=interval_s),
+        )
+        try:
+            await self._publish(event)
+        except Exception as exc:  # noqa: BLE001 - the live models already learned the poll
+            log.warning("cannot publish the JetStream stats snapshot: %s", exc)
+        else:
+            self.snapshots += 1
 
     async def run(self, stop: asyncio.Event, *, interval_s: float) -> None:
         """Poll every ``interval_s`` until ``stop`` is set; failures are logged, never fatal."""

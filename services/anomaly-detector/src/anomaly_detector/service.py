@@ -38,7 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from anomaly_detector.actions import Suggestion, suggest
+from anomaly_detector.actions import Suggestion, Throttle, suggest
 from anomaly_detector.detection import (
     AdaptiveThreshold,
     Feedback,
@@ -68,6 +68,8 @@ _MAX_ALERT_INDEX: Final = 10_000
 _MAX_PENDING_FEEDBACK: Final = 1_000
 _TREND_AGREEMENT: Final = 0.7
 _ERROR_RATIO_METRIC: Final = "handler_error_ratio"
+_RATE_METRIC: Final = "rate_per_s"
+_DELIVERED_METRIC: Final = "delivered_per_s"
 _LATENCY_SUFFIX: Final = "latency_p99_ms"
 
 
@@ -332,6 +334,8 @@ class DetectorService:
                 metric=primary.metric,
                 confidence=confidence,
                 breakers=self.settings.actions.breakers,
+                throttle=self.throttle(obs, primary.value),
+                rising=primary.z > 0,
             )
         )
         return Finding(ANOMALY_TYPE, finding_id, obs.entity, obs.timestamp_s, data, suggestions)
@@ -402,6 +406,7 @@ class DetectorService:
                     metric=metric,
                     confidence=confidence,
                     breakers=cfg.actions.breakers,
+                    throttle=self.throttle(obs, _ingress_rate(obs, trend.slope_per_s)),
                 )
             )
             findings.append(
@@ -415,6 +420,22 @@ class DetectorService:
                 )
             )
         return findings
+
+    def throttle(self, obs: Observation, observed_per_s: float | None) -> Throttle | None:
+        """The limiter admitting the producers of ``obs``'s stream, and the rate to set.
+
+        None when no limiter is configured for the stream (``actions.producers``) or no
+        positive rate was observed: the throttle then stays a suggestion.
+        """
+        acts = self.settings.actions
+        producer = acts.producers.get(obs.evidence_stream or "")
+        if producer is None or observed_per_s is None or not math.isfinite(observed_per_s):
+            return None
+        if observed_per_s <= 0:
+            return None
+        service, _, limiter = producer.partition("/")
+        rate = max(acts.throttle_min_rate_per_s, round(acts.throttle_fraction * observed_per_s, 3))
+        return Throttle(service, limiter, rate, round(observed_per_s, 3))
 
     # -- feedback ----------------------------------------------------------------------------
 
@@ -482,6 +503,18 @@ class DetectorService:
             self._apply(state, kind, score)
         self.feedback_applied += 1
         return True
+
+
+def _ingress_rate(obs: Observation, slope_per_s: float) -> float | None:
+    """What producers write into ``obs``'s stream per second, as far as ``obs`` tells.
+
+    A stream's own growth rate; for a consumer, what it delivers plus how fast its backlog grows.
+    """
+    if _RATE_METRIC in obs.values:
+        return obs.values[_RATE_METRIC]
+    if _DELIVERED_METRIC in obs.values:
+        return obs.values[_DELIVERED_METRIC] + max(slope_per_s, 0.0)
+    return None
 
 
 def _finite(value: float) -> float | None:

@@ -8,7 +8,8 @@ Examples::
     BACKBONE_ANOMALY__REPLAY_WINDOW_S=1800                # rebuild models from the last 30 min
     BACKBONE_ANOMALY__STATS_INTERVAL_S=5                  # JetStream stream/consumer polling
     BACKBONE_ANOMALY__ACTIONS__ENABLED=true               # automatic actions (off by default)
-    BACKBONE_ANOMALY__ACTIONS__ALLOWLIST='["open_breaker:orders", "open_breaker:gateway/*"]'
+    BACKBONE_ANOMALY__ACTIONS__ALLOWLIST='["open_breaker:orders", "throttle_producer:*"]'
+    BACKBONE_ANOMALY__ACTIONS__THROTTLE_FRACTION=0.5      # throttle to half the observed rate
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from backbone.settings import BackboneSettings, HttpSettings
 
 SERVICE_NAME = "anomaly-detector"
 DEFAULT_HTTP_PORT = 8083
+#: The streams the event gateway writes to, and the limiter in front of all of its ingress
+#: (``event_gateway.app`` registers it under remote control as ``event-gateway-global``).
+INGRESS_STREAMS = ("CLAUDE_EVENTS", "MCP_EVENTS", "WEBHOOK_EVENTS")
+INGRESS_LIMITER = "event-gateway/event-gateway-global"
 
 
 def _split_list(value: Any) -> Any:  # noqa: ANN401 - raw settings input
@@ -43,8 +48,15 @@ class ActionSettings(BaseModel):
     ``enabled`` is true, an ``allowlist`` entry matches ``<action>:<target>`` (shell-style
     globs, e.g. ``open_breaker:orders``, ``open_breaker:orders/*``, ``open_breaker:*``), the
     target had no action in the last ``min_interval_s``, fewer than ``max_per_hour`` actions
-    were applied in the last hour, and the action is executable (today: ``open_breaker``).
-    Every applied action is reverted after ``expire_after_s``.
+    were applied in the last hour, and the action is executable (``open_breaker``, and
+    ``throttle_producer`` for streams listed in ``producers``). Every applied action is
+    reverted after ``expire_after_s`` (``close`` / ``restore_rate``).
+
+    A throttle sets the rate limiter named in ``producers`` for the stream concerned to
+    ``throttle_fraction`` of the observed rate (events per second, never below
+    ``throttle_min_rate_per_s``). Each replica of that service gets this rate, and the event
+    gateway's limiters count requests (a batch is one), so the throttle is at most as tight as
+    asked.
     """
 
     enabled: bool = False
@@ -57,8 +69,24 @@ class ActionSettings(BaseModel):
         description="service -> breaker name to open; unset opens every breaker of the service",
     )
     control_timeout_s: float = Field(default=1.0, gt=0)
+    producers: dict[str, str] = Field(
+        default_factory=lambda: dict.fromkeys(INGRESS_STREAMS, INGRESS_LIMITER),
+        description="stream -> '<service>/<rate limiter>' admitting its producers",
+    )
+    throttle_fraction: float = Field(default=0.5, gt=0, le=1)
+    throttle_min_rate_per_s: float = Field(default=1.0, gt=0)
 
     _split = field_validator("allowlist", mode="before")(_split_list)
+
+    @field_validator("producers")
+    @classmethod
+    def _service_slash_limiter(cls, value: dict[str, str]) -> dict[str, str]:
+        for stream, target in value.items():
+            service, _, limiter = target.partition("/")
+            if not service or not limiter or any(c in service for c in " .*>"):
+                msg = f"producers[{stream!r}] must be '<service>/<rate limiter>', not {target!r}"
+                raise ValueError(msg)
+        return value
 
 
 class AnomalySection(BaseModel):
@@ -72,6 +100,8 @@ class AnomalySection(BaseModel):
         replay_window_s: How much recent history rebuilds the models on start.
         replay_max_messages: Upper bound on replayed messages (bounds start-up time).
         stats_interval_s: Period of the JetStream stream/consumer stats poll (0 disables it).
+        stats_snapshots: Publish each poll's observations as a ``system.metrics.jetstream``
+            snapshot, so a restart replays those series warm.
         type_rate_streams: Streams whose per-subject (per event type) rates are tracked.
         max_types: At most this many event types are tracked per poll.
         warmup_points: Points a series learns before it may alert.
@@ -103,6 +133,7 @@ class AnomalySection(BaseModel):
     replay_window_s: float = Field(default=1800.0, ge=0)
     replay_max_messages: int = Field(default=200_000, ge=0)
     stats_interval_s: float = Field(default=5.0, ge=0)
+    stats_snapshots: bool = True
     type_rate_streams: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CLAUDE_EVENTS", "MCP_EVENTS", "WEBHOOK_EVENTS"]
     )

@@ -1,5 +1,9 @@
 """`backbone resilience list|force-open|close|disable|reset|metrics-only --service S [--name N]`.
 
+Also ``backbone resilience set-rate --service S --name N --rate R [--burst B]`` (change a rate
+limiter's rate at runtime, e.g. to throttle a producer) and ``restore-rate`` (back to the
+configured rate).
+
 Talks to ``backbone.control.<service>.resilience``: every replica of the service answers, and the
 command gathers the replies until ``--timeout`` has passed (or ``--replicas`` replies arrived).
 """
@@ -46,13 +50,27 @@ _STATE_COLOURS = {
 
 
 async def gather(
-    service: str, op: str, name: str | None, timeout_s: float, replicas: int | None
+    service: str,
+    op: str,
+    name: str | None,
+    timeout_s: float,
+    replicas: int | None,
+    *,
+    rate_per_s: float | None = None,
+    burst: float | None = None,
 ) -> list[dict[str, Any]]:
     """Send ``op`` and collect every replica's reply."""
     nc = await client("backbone-cli-resilience")
     try:
         return await request_all(
-            nc, service, op, name=name, timeout_s=timeout_s, expected_replies=replicas
+            nc,
+            service,
+            op,
+            name=name,
+            timeout_s=timeout_s,
+            expected_replies=replicas,
+            rate_per_s=rate_per_s,
+            burst=burst,
         )
     finally:
         await nc.close()
@@ -73,8 +91,14 @@ def _summary(instance: dict[str, Any]) -> str:
             f"{instance.get('rejected_calls', 0)} rejected"
         )
     if kind == "ratelimiter":
+        configured = instance.get("configured_rate_per_s")
+        changed = (
+            f" (configured {configured}/s)"
+            if configured is not None and configured != instance.get("rate_per_s")
+            else ""
+        )
         return (
-            f"{instance.get('rate_per_s')}/s burst {instance.get('burst')}, "
+            f"{instance.get('rate_per_s')}/s burst {instance.get('burst')}{changed}, "
             f"{instance.get('rejected_calls', 0)} rejected"
         )
     if kind == "retry":
@@ -141,8 +165,9 @@ _OPERATIONS = (
     (
         "reset",
         "reset",
-        "Reset instances: breakers CLOSED and empty, bulkheads to their limit, buckets full.",
+        "Reset instances: breakers CLOSED and empty, the rest as configured, buckets full.",
     ),
+    ("restore-rate", "restore_rate", "Put rate limiters back to their configured rate and burst."),
 )
 
 
@@ -163,3 +188,29 @@ def _register(command: str, op: str, help_text: str) -> None:
 
 for _command_name, _op, _help in _OPERATIONS:
     _register(_command_name, _op, _help)
+
+
+Rate = Annotated[float, typer.Option("--rate", min=0.0, help="New rate in permits per second.")]
+Burst = Annotated[
+    float | None,
+    typer.Option("--burst", min=1.0, help="New bucket capacity (default: follows the rate)."),
+]
+
+
+@app.command("set-rate")
+def set_rate_cmd(
+    service: Service,
+    rate_per_s: Rate,
+    name: Name = None,
+    burst: Burst = None,
+    timeout_s: Timeout = 1.0,
+    replicas: Replicas = None,
+    as_json: AsJson = False,
+) -> None:
+    """Change rate limiters' rate at runtime (throttle a producer); undo with restore-rate."""
+    if rate_per_s <= 0:
+        fail("--rate must be > 0")
+    replies = run(
+        gather(service, "set_rate", name, timeout_s, replicas, rate_per_s=rate_per_s, burst=burst)
+    )
+    _show(replies, service=service, as_json=as_json)

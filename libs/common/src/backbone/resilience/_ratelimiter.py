@@ -11,6 +11,12 @@ Deviation from Resilience4j: its RateLimiter refreshes ``limitForPeriod`` permit
 one is a token bucket, which has no boundary effect. ``max_wait_s`` plays the part of
 ``timeoutDuration`` (default 5 s, as there).
 
+The rate can be changed at runtime (:meth:`RateLimiter.set_rate`, Resilience4j's
+``changeLimitForPeriod``) and put back with :meth:`RateLimiter.restore_rate`; remote control
+exposes both (``set_rate`` / ``restore_rate``) so an operator or the anomaly detector can throttle
+a producer. Permits accrued before the change are credited at the old rate, those after it at
+the new one; a smaller bucket drops the permits that no longer fit.
+
 :class:`KeyedRateLimiter` keeps one bucket per key in an LRU map of at most ``max_keys``
 entries. A bucket idle for ``burst / rate_per_s`` seconds is full again, so dropping it loses
 nothing; only when more than ``max_keys`` keys are active at once could an evicted key get a
@@ -19,14 +25,17 @@ fresh burst (raise ``max_keys`` for such traffic).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
+import math
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backbone.errors import ConfigError
 from backbone.resilience._clock import Clock, SystemClock
 from backbone.resilience._decorate import CallDecorator
 from backbone.resilience._errors import RateLimitedError
@@ -70,6 +79,15 @@ class RateLimiterConfig(BaseModel):
         return self.burst if self.burst is not None else max(1.0, self.rate_per_s)
 
 
+def _checked(rate_per_s: float, burst: float | None) -> None:
+    if not (math.isfinite(rate_per_s) and rate_per_s > 0):
+        msg = f"rate_per_s must be a finite number > 0, not {rate_per_s!r}"
+        raise ConfigError(msg, variable="rate_per_s")
+    if burst is not None and not (math.isfinite(burst) and burst >= 1):
+        msg = f"burst must be a finite number >= 1, not {burst!r}"
+        raise ConfigError(msg, variable="burst")
+
+
 class _Bucket:
     __slots__ = ("last_s", "tokens")
 
@@ -78,7 +96,7 @@ class _Bucket:
         self.last_s = last_s
 
 
-class _Limiter:
+class _Limiter(abc.ABC):
     """What plain and keyed limiters share: the bucket arithmetic, counters and events."""
 
     __slots__ = (
@@ -166,6 +184,74 @@ class _Limiter:
         now = self.clock.monotonic()
         return min(self._burst, bucket.tokens + (now - bucket.last_s) * self._rate)
 
+    @abc.abstractmethod
+    def _buckets_held(self) -> list[_Bucket]:
+        """Every bucket the limiter holds now (the rate change brings each up to date)."""
+
+    @property
+    def rate_per_s(self) -> float:
+        """The rate in force (the configured one unless :meth:`set_rate` changed it)."""
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        """The bucket capacity in force."""
+        return self._burst
+
+    @property
+    def rate_changed(self) -> bool:
+        """Whether the rate in force differs from the configured one."""
+        return self._rate != self.config.rate_per_s or self._burst != self.config.capacity
+
+    def set_rate(self, rate_per_s: float, *, burst: float | None = None) -> None:
+        """Change the rate at runtime (Resilience4j's ``changeLimitForPeriod``).
+
+        Thread and task safe: the change happens under the limiter's lock. Every bucket is
+        first brought up to date at the old rate, so the time before the change never earns
+        permits at the new rate; tokens above the new capacity are dropped. Callers already
+        waiting on a reservation keep their place.
+
+        Args:
+            rate_per_s: The new rate (> 0).
+            burst: The new capacity (>= 1). When omitted it follows the rate: one second's worth
+                (at least 1) if no burst was configured, else the configured burst scaled by
+                ``rate_per_s / configured rate`` (at least 1), so throttling to 10 % does not
+                leave a full-size burst open.
+
+        Raises:
+            ConfigError: ``rate_per_s`` or ``burst`` is out of range.
+        """
+        _checked(rate_per_s, burst)
+        if burst is None:
+            configured = self.config
+            if configured.burst is None:
+                burst = max(1.0, rate_per_s)
+            else:
+                burst = max(1.0, configured.burst * rate_per_s / configured.rate_per_s)
+        self._change(rate_per_s, burst, "rate_changed")
+
+    def restore_rate(self) -> None:
+        """Go back to the configured rate and burst (the bucket is not refilled)."""
+        self._change(self.config.rate_per_s, self.config.capacity, "rate_restored")
+
+    def _change(self, rate_per_s: float, burst: float, event: str) -> None:
+        with self._lock:
+            previous = self._rate
+            now = self.clock.monotonic()
+            for bucket in self._buckets_held():
+                tokens = bucket.tokens + (now - bucket.last_s) * previous
+                bucket.tokens = min(tokens, self._burst, burst)
+                bucket.last_s = now
+            self._rate = rate_per_s
+            self._burst = burst
+        if self.events.active:
+            self.events.emit(
+                KIND,
+                self.name,
+                event,
+                {"rate_per_s": rate_per_s, "burst": burst, "previous_rate_per_s": previous},
+            )
+
 
 class RateLimiter(_Limiter, CallDecorator):
     """A named token-bucket rate limiter (see the module docstring).
@@ -197,6 +283,9 @@ class RateLimiter(_Limiter, CallDecorator):
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.name!r}, rate_per_s={self._rate}, burst={self._burst})"
+
+    def _buckets_held(self) -> list[_Bucket]:
+        return [self._bucket]
 
     @property
     def available_permits(self) -> float:
@@ -230,6 +319,7 @@ class RateLimiter(_Limiter, CallDecorator):
             "name": self.name,
             "rate_per_s": self._rate,
             "burst": self._burst,
+            "configured_rate_per_s": self.config.rate_per_s,
             "available_permits": self.available_permits,
             "admitted_calls": self.admitted_calls,
             "rejected_calls": self.rejected_calls,
@@ -237,8 +327,10 @@ class RateLimiter(_Limiter, CallDecorator):
         }
 
     def reset(self) -> None:
-        """Refill the bucket."""
+        """Back to the configured rate and burst, with a full bucket."""
         with self._lock:
+            self._rate = self.config.rate_per_s
+            self._burst = self.config.capacity
             self._bucket = _Bucket(self._burst, self.clock.monotonic())
 
     async def __aenter__(self) -> Self:
@@ -326,6 +418,9 @@ class KeyedRateLimiter(_Limiter):
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def _buckets_held(self) -> list[_Bucket]:
+        return list(self._buckets.values())
+
     def _bucket(self, key: str) -> _Bucket:
         with self._lock:
             buckets = self._buckets
@@ -377,6 +472,7 @@ class KeyedRateLimiter(_Limiter):
             "name": self.name,
             "rate_per_s": self._rate,
             "burst": self._burst,
+            "configured_rate_per_s": self.config.rate_per_s,
             "keys": len(self._buckets),
             "evicted_keys": self.evicted_keys,
             "admitted_calls": self.admitted_calls,
@@ -385,6 +481,8 @@ class KeyedRateLimiter(_Limiter):
         }
 
     def reset(self) -> None:
-        """Forget every key."""
+        """Back to the configured rate and burst, forgetting every key."""
         with self._lock:
+            self._rate = self.config.rate_per_s
+            self._burst = self.config.capacity
             self._buckets.clear()

@@ -58,7 +58,11 @@ class SeriesConfig:
         season_span_steps: Downsampled steps over which the seasonal residual is averaged:
             only a sustained departure from the season counts (a blip is the kNN's job).
         season_max_points: Cap on the raw points remembered for the season (bounded
-            memory); a cadence whose ``season_periods`` periods need more goes without.
+            memory); a cadence whose ``season_periods`` periods need more is compared in
+            ``season_bin_s`` means instead, or goes without if even those do not fit.
+        season_bin_s: Bin length (seconds) of that downsampling: 5-minute means keep three
+            days of a 10 s series in 865 values. Cadences whose raw points fit are never
+            binned. 0 turns binning off.
         season_gate: The seasonal novelty counts only while the series' typical in-phase
             residual is below this fraction of its half-period-off residual (the season
             explains the series); otherwise it would add noise alerts.
@@ -81,6 +85,7 @@ class SeriesConfig:
     season_periods: int = 3
     season_span_steps: int = 16
     season_max_points: int = 4096
+    season_bin_s: float = 300.0
     season_gate: float = 0.3
 
     def __post_init__(self) -> None:
@@ -102,6 +107,7 @@ class SeriesConfig:
             "season_periods": self.season_periods >= 1,
             "season_span_steps": self.season_span_steps >= 1,
             "season_max_points": self.season_max_points >= 1,
+            "season_bin_s": self.season_bin_s >= 0.0,
             "season_gate": 0.0 < self.season_gate <= 1.0,
         }
         for name, ok in checks.items():
@@ -192,6 +198,7 @@ class SeriesDetector:
                 periods=cfg.season_periods,
                 span_points=cfg.season_span_steps * self._step,
                 max_points=cfg.season_max_points,
+                bin_s=cfg.season_bin_s,
             )
             if cfg.season_s > 0
             else None
@@ -200,6 +207,8 @@ class SeriesDetector:
         self._acalib = np.zeros(cfg.calibration_steps, dtype=np.float64)
         self._n_scalib = 0
         self._seasonal = False
+        self._season_version = 0
+        self._season_novelty = 0.0
         self._n_points = 0
         self._overlap = np.arange(cfg.window)
         # Monotone (decreasing) queue of recent novelties: its head is the refractory maximum.
@@ -318,6 +327,11 @@ class SeriesDetector:
         season = self._season
         if season is None or not season.ready:
             return 0.0
+        if season.version == self._season_version:
+            # No new comparison since the last step (a binned season moves once per bin):
+            # the opinion holds, and the calibration must not count one residual many times.
+            return self._season_novelty
+        self._season_version = season.version
         resid, anti = season.residual, season.anti_residual
         n_s = min(self._n_scalib, cfg.calibration_steps)
         novelty = 0.0
@@ -336,6 +350,7 @@ class SeriesDetector:
             self._scalib[slot] = resid
             self._acalib[slot] = anti
             self._n_scalib += 1
+        self._season_novelty = novelty
         return novelty
 
     def _calibrated(
