@@ -153,3 +153,37 @@ def test_windows_turn_counts_into_rates_and_percentiles_and_then_reset():
     assert values["events_consumed_per_s"] == 0.0
     assert values["handler_latency_p99_ms"] == 0.0
     assert values["consumer_pending"] == 9  # levels persist across windows
+
+
+def test_hot_instruments_expose_what_prometheus_client_instruments_expose():
+    from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: PLC0415
+    from prometheus_client.exposition import generate_latest  # noqa: PLC0415
+
+    metrics = Metrics()
+    hot_counter = metrics.hot_counter("requests", "Requests.", ("route", "status"))
+    hot_histogram = metrics.hot_histogram("seconds", "Durations.", ("route",), buckets=(0.1, 1.0))
+    registry = CollectorRegistry()
+    counter = Counter("requests", "Requests.", ("route", "status"), registry=registry,
+                      namespace="backbone")  # fmt: skip
+    histogram = Histogram("seconds", "Durations.", ("route",), registry=registry,
+                          namespace="backbone", buckets=(0.1, 1.0))  # fmt: skip
+    samples = [0.05, 0.1, 0.5, 1.0, 7.0, 0.1000001]
+    with metrics.lock:
+        for value in samples:
+            hot_counter.inc(("/a", "202"))
+            hot_histogram.observe(("/a",), value)
+    for value in samples:
+        counter.labels("/a", "202").inc()
+        histogram.labels("/a").observe(value)
+
+    def lines(text: bytes) -> list[bytes]:
+        return [line for line in text.splitlines() if b"_created" not in line]
+
+    theirs = lines(generate_latest(registry))
+    ours = lines(metrics.render()[0])
+    assert all(line in ours for line in theirs), (theirs, ours)
+    assert hot_counter.value(("/a", "202")) == len(samples)
+    assert hot_histogram.count(("/a",)) == len(samples)
+    with pytest.raises(TelemetryError):
+        metrics.counter("requests", "x", ("route", "status"))
+    assert metrics.hot_counter("requests", "Requests.", ("route", "status")) is hot_counter

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from starlette.requests import Request
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 
     from backbone.messaging import PublishResult
     from event_gateway.auth import KeyStore
@@ -177,7 +177,10 @@ class Handlers:
         Returns:
             The response status (for the request metrics).
         """
-        status, body, headers = await self.ingest(scope, receive)
+        try:
+            status, body, headers = await self._ingest(scope, receive)
+        except ProblemError as problem:
+            status, body, headers = self._problem_reply(problem)
         if headers is _JSON_HEADERS:  # every success: the header list without a dict walk
             response_headers = [_JSON_CONTENT_TYPE, (b"content-length", b"%d" % len(body))]
         else:
@@ -201,16 +204,20 @@ class Handlers:
         try:
             return await self._ingest(scope, receive)
         except ProblemError as problem:
-            service = self.runtime.service
-            if service is not None:
-                service.count_rejection(problem)
-            headers = {"content-type": PROBLEM_CONTENT_TYPE}
-            retry = problem.retry_after_header
-            if retry is not None:
-                headers["retry-after"] = retry
-            return problem.status, orjson.dumps(problem.to_dict()), headers
+            return self._problem_reply(problem)
 
-    async def _ingest(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+    def _problem_reply(self, problem: ProblemError) -> tuple[int, bytes, dict[str, str]]:
+        """A refusal as ``(status, body, headers)``, counted by reason."""
+        service = self.runtime.service
+        if service is not None:
+            service.count_rejection(problem)
+        headers = {"content-type": PROBLEM_CONTENT_TYPE}
+        retry = problem.retry_after_header
+        if retry is not None:
+            headers["retry-after"] = retry
+        return problem.status, orjson.dumps(problem.to_dict()), headers
+
+    async def _ingest(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:  # noqa: C901 - the hot path, one pass
         # One pass over the raw headers (lower-case names per ASGI): cheaper than a Headers map.
         authorization = api_key = content_type = declared = None
         ce_headers: list[tuple[bytes, bytes]] = []
@@ -237,7 +244,17 @@ class Handlers:
             return await self._batch(
                 receive, declared, service, principal=principal, content_type=content_type
             )
-        body = await _read_body(receive, declared, self.max_event_bytes)
+        # One event's body nearly always arrives in one message: take it without another frame.
+        limit = self.max_event_bytes
+        _check_declared(declared, limit)
+        message = await receive()
+        body = message.get("body", b"")
+        if (
+            message["type"] != "http.request"
+            or message.get("more_body", False)
+            or len(body) > limit
+        ):
+            body = await _read_body(receive, None, limit, first=message)
         if lowered.startswith(_CLOUDEVENTS):
             if _media_type(content_type) != _STRUCTURED_JSON:
                 raise ProblemError(
@@ -490,8 +507,8 @@ class Handlers:
         return Response(self._openapi_json, media_type=JSON)
 
 
-async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (declared or actually sent)."""
+def _check_declared(declared: bytes | None, limit: int) -> None:
+    """Refuse a ``Content-Length`` over ``limit`` before reading anything."""
     if declared is not None:
         try:
             too_large = int(declared) > limit
@@ -501,9 +518,22 @@ async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> by
             ) from None
         if too_large:
             raise ProblemError(413, "too-large", f"body exceeds {limit} bytes")
+
+
+async def _read_body(
+    receive: Receive, declared: bytes | None, limit: int, *, first: Message | None = None
+) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (declared or actually sent).
+
+    ``first``: the first ASGI message when the caller has already received it.
+    """
+    _check_declared(declared, limit)
     body = b""
     while True:
-        message = await receive()
+        if first is not None:
+            message, first = first, None
+        else:
+            message = await receive()
         if message["type"] != "http.request":
             raise ProblemError(400, "invalid-body", "client disconnected before the body ended")
         chunk: bytes = message.get("body", b"")

@@ -11,9 +11,9 @@ the ``json`` module and ``dataclasses.fields``. :class:`JetStreamSender` sends t
   surrounding whitespace, CR/LF, non-ASCII) takes nats-py's own rules, so the wire bytes are the
   same either way (tests compare them byte for byte with nats-py's encoder);
 * PubAcks come back on one wildcard inbox of our own, keyed by a counter, parsed with orjson;
-  a request's timeout is a timer handle, not a wrapping task.
+  request timeouts share one timer per 10 ms tick (no wrapping task, no timer per request).
 
-It writes through nats-py's connection internals (``_send_command`` and the flusher), which this
+It writes through nats-py's connection internals (the pending buffer and the flusher), which this
 project pins in ``uv.lock``. :func:`wire_supported` checks for them once per client; without them
 (another nats-py) the sender falls back to the public ``publish``/``publish_async`` API, same
 behaviour, slower.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import re
 import weakref
 from typing import TYPE_CHECKING, Any, Final
@@ -52,8 +53,9 @@ _STATUS_HEADER: Final = "Status"
 _NO_RESPONDERS: Final = "503"
 # Entries of given-up publish_async futures are swept once the map grows past this.
 _SWEEP_AT: Final = 16_384
+_TIMEOUT_TICK_S: Final = 0.01
 _REQUIRED_INTERNALS: Final = (
-    "_send_command",
+    "_pending",
     "_flush_pending",
     "_flush_queue",
     "_max_pending_size",
@@ -135,6 +137,7 @@ class JetStreamSender:
         self._prefix = ""
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        self._timeouts: dict[int, list[str]] = {}
         self._sub: Subscription | None = None
         self._starting: asyncio.Lock | None = None
 
@@ -163,17 +166,21 @@ class JetStreamSender:
         except Exception as exc:  # noqa: BLE001 - JetStream's error or a malformed reply
             future.set_exception(exc)
 
-    async def _send(self, subject: str, reply: str, payload: bytes, block: bytes) -> None:
-        # nats-py's Client.publish checks, then its _send_publish with the block already built.
+    def _write(self, subject: str, reply: str, payload: bytes, block: bytes) -> bool:
+        """Queue the HPUB on the connection; True when the flusher must be kicked.
+
+        nats-py's ``Client.publish`` checks, then its ``_send_publish`` + ``_send_command`` with
+        the block already built, without their two coroutine frames.
+        """
         nc: Any = self._nc
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
         if nc.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
         size = len(payload)
+        max_pending = nc._max_pending_size  # noqa: SLF001
         if not nc.is_connected and (
-            nc._max_pending_size <= 0  # noqa: SLF001
-            or size + nc._pending_data_size > nc._max_pending_size  # noqa: SLF001
+            max_pending <= 0 or size + nc._pending_data_size > max_pending  # noqa: SLF001
         ):
             raise nats.errors.OutboundBufferLimitError
         if size > nc._max_payload:  # noqa: SLF001
@@ -184,13 +191,46 @@ class JetStreamSender:
         stats = nc.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += size
-        await nc._send_command(  # noqa: SLF001
-            b"HPUB %s %s %d %d\r\n%s%s\r\n"
-            % (subject.encode(), reply.encode(), block_size, block_size + size, block, payload)
+        command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            block_size,
+            block_size + size,
+            block,
+            payload,
         )
+        nc._pending.append(command)  # noqa: SLF001
+        nc._pending_data_size += len(command)  # noqa: SLF001
+        if 0 < max_pending < nc._pending_data_size:  # noqa: SLF001
+            return True
         flush_queue = nc._flush_queue  # noqa: SLF001
-        if flush_queue is not None and flush_queue.empty():
-            await nc._flush_pending()  # noqa: SLF001
+        return flush_queue is not None and flush_queue.empty()
+
+    async def _flush(self) -> None:
+        nc: Any = self._nc
+        max_pending = nc._max_pending_size  # noqa: SLF001
+        # Over the pending limit nats-py flushes synchronously (force), as its publish does.
+        await nc._flush_pending(force_flush=0 < max_pending < nc._pending_data_size)  # noqa: SLF001
+
+    def _expire_after(self, token: str, timeout_s: float) -> None:
+        # Deadlines share one timer per 10 ms tick: a timer per request costs ~2 us with uvloop
+        # (a libuv timer each), more than the rest of the send. A timeout fires up to one tick
+        # late. The tick keeps tokens, not futures: an answered request is gone from _waiting,
+        # so what the ticks hold until they fire is a few short strings per request.
+        loop = asyncio.get_running_loop()
+        tick = math.ceil((loop.time() + timeout_s) / _TIMEOUT_TICK_S)
+        due = self._timeouts.get(tick)
+        if due is None:
+            due = self._timeouts[tick] = []
+            loop.call_at(tick * _TIMEOUT_TICK_S, self._expire, tick)
+        due.append(token)
+
+    def _expire(self, tick: int) -> None:
+        waiting = self._waiting
+        for token in self._timeouts.pop(tick, ()):
+            future = waiting.get(token)
+            if future is not None and not future.done():
+                future.set_exception(nats.errors.TimeoutError())
 
     def _register(self) -> tuple[str, asyncio.Future[PubAck]]:
         waiting = self._waiting
@@ -229,15 +269,15 @@ class JetStreamSender:
         prefix = self._prefix or await self._inbox()
         token, future = self._register()
         try:
-            await self._send(subject, prefix + token, payload, encode_headers(headers))
+            if self._write(subject, prefix + token, payload, encode_headers(headers)):
+                await self._flush()
         except BaseException:
             self._waiting.pop(token, None)
             raise
-        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future)
+        self._expire_after(token, timeout_s)
         try:
             return await future
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
 
     async def publish_async(
@@ -255,7 +295,8 @@ class JetStreamSender:
         prefix = self._prefix or await self._inbox()
         token, future = self._register()
         try:
-            await self._send(subject, prefix + token, payload, encode_headers(headers))
+            if self._write(subject, prefix + token, payload, encode_headers(headers)):
+                await self._flush()
         except BaseException:
             self._waiting.pop(token, None)
             raise
@@ -271,8 +312,3 @@ def sender_for(nc: Client) -> JetStreamSender:
     if sender is None:
         sender = _senders[nc] = JetStreamSender(nc)
     return sender
-
-
-def _expire(future: asyncio.Future[PubAck]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError())

@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from backbone.telemetry._errors import TelemetryError
 from backbone.telemetry._histogram import LogHistogram
+from backbone.telemetry._hot import HotCounter, HotHistogram
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -62,7 +63,8 @@ SNAPSHOT_METRIC_NAMES: Final = (
     "handler_latency_max_ms",
 )
 
-_InstrumentT = TypeVar("_InstrumentT", Counter, Gauge, Histogram)
+_HotT = TypeVar("_HotT", HotCounter, HotHistogram)
+_InstrumentT = TypeVar("_InstrumentT", Counter, Gauge, Histogram, HotCounter, HotHistogram)
 
 
 class _Window:
@@ -190,28 +192,26 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._instruments: dict[str, MetricWrapperBase] = {}
+        self._instruments: dict[str, MetricWrapperBase | HotCounter | HotHistogram] = {}
         self._gauge_values: dict[str, float] = {}
         self._window = _Window()
         self._window_start = clock()
-        # Labelled children cached per (stream, type): `.labels()` validates and locks on every
-        # call, which is measurable at tens of thousands of publishes per second.
-        self._publish_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._handler_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
-        self.events_published = self.counter(
+        # Per-message series are hot instruments recorded under self.lock (one lock per
+        # record call instead of prometheus_client's one per instrument and bucket).
+        self.events_published = self.hot_counter(
             "events_published", "Events acknowledged by JetStream.", ("stream", "type")
         )
-        self.publish_duplicates = self.counter(
+        self.publish_duplicates = self.hot_counter(
             "publish_duplicates", "Publishes JetStream dropped as duplicates.", ("stream",)
         )
         self.publish_failures = self.counter(
             "publish_failures", "Publishes that were not acknowledged.", ("type", "error")
         )
-        self.publish_latency = self.histogram(
+        self.publish_latency = self.hot_histogram(
             "publish_latency_seconds", "Publish to PubAck latency.", ("stream",)
         )
-        self.events_consumed = self.counter(
+        self.events_consumed = self.hot_counter(
             "events_consumed", "Messages handed to a handler.", ("stream", "type")
         )
         self.handler_failures = self.counter(
@@ -220,9 +220,14 @@ class Metrics:
         self.events_dead_lettered = self.counter(
             "events_dead_lettered", "Messages moved to the dead-letter stream.", ("stream", "type")
         )
-        self.handler_latency = self.histogram(
+        self.handler_latency = self.hot_histogram(
             "handler_latency_seconds", "Handler duration.", ("stream", "type")
         )
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock hot instruments are recorded under (``with metrics.lock: counter.inc(...)``)."""
+        return self._lock
 
     # -- recording (hot path of publishers and consumers) -----------------------------------
 
@@ -235,23 +240,15 @@ class Metrics:
         duplicate: bool = False,
     ) -> None:
         """Count one acknowledged publish (``duplicate`` when JetStream reported a repeat)."""
-        children = self._publish_children.get((stream, event_type))
-        if children is None:
-            children = self._publish_children[(stream, event_type)] = (
-                self.events_published.labels(stream, event_type),
-                self.publish_latency.labels(stream),
-            )
-        children[0].inc()
-        if duplicate:
-            self.publish_duplicates.labels(stream).inc()
-        if latency_s is not None:
-            children[1].observe(latency_s)
         with self._lock:
+            self.events_published.inc((stream, event_type))
             window = self._window
             window.published += 1
             if duplicate:
+                self.publish_duplicates.inc((stream,))
                 window.duplicates += 1
             if latency_s is not None:
+                self.publish_latency.observe((stream,), latency_s)
                 window.publish_latency.record(latency_s)
 
     def record_publish_failure(self, *, event_type: str, error: str) -> None:
@@ -265,17 +262,11 @@ class Metrics:
         self, *, stream: str, event_type: str, latency_s: float, error: str | None = None
     ) -> None:
         """Count one handler run and its duration; ``error`` names the exception when it raised."""
-        children = self._handler_children.get((stream, event_type))
-        if children is None:
-            children = self._handler_children[(stream, event_type)] = (
-                self.events_consumed.labels(stream, event_type),
-                self.handler_latency.labels(stream, event_type),
-            )
-        children[0].inc()
-        children[1].observe(latency_s)
         if error is not None:
             self.handler_failures.labels(stream, event_type, error).inc()
         with self._lock:
+            self.events_consumed.inc((stream, event_type))
+            self.handler_latency.observe((stream, event_type), latency_s)
             window = self._window
             window.consumed += 1
             if error is not None:
@@ -396,6 +387,55 @@ class Metrics:
                 buckets=tuple(buckets),
             ),
         )
+
+    def hot_counter(
+        self, name: str, documentation: str, labelnames: Sequence[str] = ()
+    ) -> HotCounter:
+        """A counter for a per-message path, incremented under :attr:`lock`; same name → same.
+
+        Raises:
+            TelemetryError: When the name is invalid or taken by a different instrument.
+        """
+        return self._instrument(
+            HotCounter,
+            name,
+            labelnames,
+            lambda: self._registered(
+                HotCounter(f"{self.namespace}_{name}", documentation, labelnames, self._lock)
+            ),
+        )
+
+    def hot_histogram(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float] = LATENCY_BUCKETS_S,
+    ) -> HotHistogram:
+        """A histogram for a per-message path, observed under :attr:`lock`; same name → same.
+
+        Raises:
+            TelemetryError: When the name is invalid or taken by a different instrument.
+        """
+        return self._instrument(
+            HotHistogram,
+            name,
+            labelnames,
+            lambda: self._registered(
+                HotHistogram(
+                    f"{self.namespace}_{name}",
+                    documentation,
+                    labelnames,
+                    self._lock,
+                    buckets=buckets,
+                )
+            ),
+        )
+
+    def _registered(self, instrument: _HotT) -> _HotT:
+        self.registry.register(instrument)
+        return instrument
 
     def _instrument(
         self,
