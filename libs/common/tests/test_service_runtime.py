@@ -271,3 +271,15 @@ def test_all_is_sorted_and_complete():
         if not key.startswith("_") and getattr(value, "__module__", "") == module.__name__
     }
     assert public == set(exported)
+
+
+def test_freeze_heap_takes_the_live_heap_out_of_the_collector():
+    import gc  # noqa: PLC0415
+
+    from backbone.service import freeze_heap  # noqa: PLC0415
+
+    try:
+        frozen = freeze_heap()
+        assert frozen == gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()

@@ -54,7 +54,8 @@ def main() -> None:
             service_name=SERVICE_NAME,
             levels={"uvicorn.access": "WARNING", "nats": "WARNING"},
         )
-        app = create_app(settings)
+        # A process of its own: its heap is frozen once the service is built (freeze_heap).
+        app = create_app(settings, freeze_heap=True)
     except ConfigError as exc:
         print(f"event-gateway: {exc}", file=sys.stderr)  # noqa: T201 - startup failure, no logger yet
         raise SystemExit(2) from None

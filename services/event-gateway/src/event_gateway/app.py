@@ -38,6 +38,7 @@ from backbone.resilience import (
 )
 from backbone.schemas import SchemaCache
 from backbone.service import ServiceRuntime
+from backbone.service import freeze_heap as freeze_long_lived_heap
 from backbone.settings import load_settings
 from backbone.telemetry import Metrics, extract_trace_context, setup_telemetry
 from event_gateway.auth import KeyStore
@@ -144,7 +145,7 @@ class RequestTelemetry:
                     detach(token)
             elif route == "/v1/events" and method == "POST":
                 # The common case, without the _dispatch frame (see there).
-                status[0] = await self.handlers.post_events_asgi(scope, receive, send)
+                status[0] = await self.handlers.post_events_asgi(scope, receive, send, traced=False)
             else:
                 await self._dispatch(scope, receive, send, route, trace_headers, status)
         finally:
@@ -238,6 +239,7 @@ def create_app(
     *,
     telemetry: Telemetry | None = None,
     span_exporter: SpanExporter | None = None,
+    freeze_heap: bool = False,
 ) -> Starlette:
     """Build the gateway application.
 
@@ -245,6 +247,9 @@ def create_app(
         settings: Settings; read from the environment when omitted.
         telemetry: Tracing to use (tests pass one); created from settings otherwise.
         span_exporter: Exporter for a telemetry created here (tests pass an in-memory one).
+        freeze_heap: Once started, take the long-lived heap out of the garbage collector's
+            generations (:func:`backbone.service.freeze_heap`); for the process entry point,
+            not for an app embedded in a larger process such as a test run.
 
     Raises:
         ConfigError: invalid settings, key files or streams file.
@@ -271,6 +276,7 @@ def create_app(
         telemetry=telemetry,
         pii=pii,
         record_spans=record_spans,
+        freeze_heap=freeze_heap,
     )
 
     routes = [
@@ -316,6 +322,7 @@ def _lifespan(
     telemetry: Telemetry,
     pii: PiiPolicy,
     record_spans: bool,
+    freeze_heap: bool,
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     """Connect, start the schema cache and the reporter; undo it all after the last request.
 
@@ -379,6 +386,9 @@ def _lifespan(
                 if instance is not None:
                     resilience.register(instance)
             runtime.service = service
+            if freeze_heap:
+                frozen = freeze_long_lived_heap()
+                _log.debug("froze %d long-lived objects", frozen)
             _log.info("event gateway ready", extra={"keys": len(runtime.keys)})
             yield
         finally:

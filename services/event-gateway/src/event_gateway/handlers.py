@@ -165,6 +165,7 @@ class Handlers:
         send: Send,
         *,
         extra_headers: Sequence[tuple[bytes, bytes]] = (),
+        traced: bool = True,
     ) -> int:
         """``POST /v1/events`` as a bare ASGI app (the hot path skips Starlette's machinery).
 
@@ -173,12 +174,13 @@ class Handlers:
             receive: The ASGI receive callable.
             send: The ASGI send callable.
             extra_headers: Response headers to add (the trace headers of the middleware).
+            traced: False when no span can be current (no ``traceparent``, spans not recorded).
 
         Returns:
             The response status (for the request metrics).
         """
         try:
-            status, body, headers = await self._ingest(scope, receive)
+            status, body, headers = await self._ingest(scope, receive, traced=traced)
         except ProblemError as problem:
             status, body, headers = self._problem_reply(problem)
         if headers is _JSON_HEADERS:  # every success: the header list without a dict walk
@@ -217,7 +219,9 @@ class Handlers:
             headers["retry-after"] = retry
         return problem.status, orjson.dumps(problem.to_dict()), headers
 
-    async def _ingest(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:  # noqa: C901 - the hot path, one pass
+    async def _ingest(  # noqa: C901 - the hot path, one pass
+        self, scope: Scope, receive: Receive, *, traced: bool = True
+    ) -> tuple[int, bytes, dict[str, str]]:
         # One pass over the raw headers (lower-case names per ASGI): cheaper than a Headers map.
         authorization = api_key = content_type = declared = None
         ce_headers: list[tuple[bytes, bytes]] = []
@@ -268,7 +272,7 @@ class Handlers:
         else:
             event = self._binary(ce_headers, content_type, body)
         prepared, subject = service.prepare(event, principal)
-        result = await service.publish(prepared, subject)
+        result = await service.publish(prepared, subject, traced=traced)
         return 202, orjson.dumps(self._accepted(result)), _JSON_HEADERS
 
     def _refuse(self, problem: ProblemError) -> Response:

@@ -288,8 +288,13 @@ class GatewayService:
             return self.reject(ProblemError(413, "too-large", str(exc), event_id=event_id))
         return self.unavailable(f"JetStream did not store the event: {exc}")
 
-    async def publish(self, event: CloudEvent, subject: str) -> PublishResult:
+    async def publish(
+        self, event: CloudEvent, subject: str, *, traced: bool = True
+    ) -> PublishResult:
         """Publish one prepared event under the breaker; return after the PubAck.
+
+        ``traced`` False: the caller knows no span is current (no ``traceparent`` came in and
+        spans are not recorded), so the trace-context lookup is skipped.
 
         Raises:
             ProblemError: 503 (breaker open, no PubAck, JetStream refused) or 413.
@@ -309,7 +314,9 @@ class GatewayService:
                 ):
                     result = await self.publisher.publish(_with_trace(event), subject=subject)
             else:
-                result = await self.publisher.publish(_with_trace(event), subject=subject)
+                result = await self.publisher.publish(
+                    _with_trace(event) if traced else event, subject=subject
+                )
         except (PublishError, nats.errors.Error, TimeoutError) as exc:
             elapsed = time.perf_counter() - start
             breaker.on_exception(elapsed, exc)

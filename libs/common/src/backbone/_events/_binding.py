@@ -129,17 +129,17 @@ def from_binary_parts(attributes: Mapping[str, str], payload: bytes) -> CloudEve
                 attribute="data",
                 event_id=event_id,
             ) from None
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(attributes)
     extensions: dict[str, str] = {}
-    for name, value in attributes.items():
-        if name in CORE_ATTRIBUTES:
-            values[name] = value
-        elif name in {"data", "data_base64", "extensions"}:
-            raise EventError(
-                f"{name!r} is not a context attribute", attribute=name, event_id=event_id
-            )
-        else:
-            extensions[name] = value
+    if attributes.keys() - CORE_ATTRIBUTES:  # extensions (or worse) present: sort them out
+        for name in attributes:
+            if name in CORE_ATTRIBUTES:
+                continue
+            if name in {"data", "data_base64", "extensions"}:
+                raise EventError(
+                    f"{name!r} is not a context attribute", attribute=name, event_id=event_id
+                )
+            extensions[name] = values.pop(name)
     values["extensions"] = extensions
     values["data"] = data
     return CloudEvent._trusted(normalize(values))  # noqa: SLF001 - same package

@@ -36,6 +36,8 @@ CORE_ATTRIBUTES: Final = frozenset(
 # `data` is reserved by the spec; `data_base64` is the JSON format's member (and not a valid name).
 RESERVED_NAMES: Final = CORE_ATTRIBUTES | {"data", "data_base64"}
 _MODEL_FIELDS: Final = CORE_ATTRIBUTES | {"data", "extensions"}
+# Keys of a field mapping that are not top-level extension attributes.
+_NOT_EXTENSIONS: Final = _MODEL_FIELDS | {"data_base64"}
 # Every trusted event has all fields set: one shared set instead of one per event (a set per
 # event was a third of the objects each event adds to the GC's work). pydantic-core needs a real
 # set (exclude_unset); sharing is safe because pydantic only ever adds field names to it, all of
@@ -224,8 +226,10 @@ def _extensions(values: Mapping[str, Any], event_id: object) -> dict[str, Extens
             if value is not None:
                 check_extension_name(name, event_id)
                 extensions[name] = check_extension_value(name, value, event_id)
+    if not values.keys() - _NOT_EXTENSIONS:  # the common case: no top-level extensions
+        return extensions
     for name, value in values.items():
-        if name in _MODEL_FIELDS or name == "data_base64":
+        if name in _NOT_EXTENSIONS:
             continue
         if name in extensions:
             raise _fail(f"extension {name!r} is given twice", name, event_id)

@@ -138,6 +138,7 @@ class JetStreamSender:
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[PubAck]] = {}
         self._timeouts: dict[int, list[str]] = {}
+        self._loop: asyncio.AbstractEventLoop  # set with the inbox, before any send
         self._sub: Subscription | None = None
         self._starting: asyncio.Lock | None = None
 
@@ -148,12 +149,16 @@ class JetStreamSender:
             self._starting = asyncio.Lock()
         async with self._starting:
             if self._sub is None:
+                # The connection's loop: a client lives on one loop, so does its sender.
+                self._loop = asyncio.get_running_loop()
                 prefix = self._nc.new_inbox() + "."
-                self._sub = await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+                sub = await self._nc.subscribe(prefix + "*")
+                sub._pending_queue = _Replies(self, sub)  # type: ignore[assignment]  # noqa: SLF001
+                self._sub = sub
                 self._prefix = prefix
         return self._prefix
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _settle(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if future is None or future.done():
             return
@@ -217,7 +222,7 @@ class JetStreamSender:
         # (a libuv timer each), more than the rest of the send. A timeout fires up to one tick
         # late. The tick keeps tokens, not futures: an answered request is gone from _waiting,
         # so what the ticks hold until they fire is a few short strings per request.
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         tick = math.ceil((loop.time() + timeout_s) / _TIMEOUT_TICK_S)
         due = self._timeouts.get(tick)
         if due is None:
@@ -238,7 +243,7 @@ class JetStreamSender:
             for token in [t for t, f in waiting.items() if f.done()]:
                 del waiting[token]
         token = str(next(self._tokens))
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PubAck] = self._loop.create_future()
         waiting[token] = future
         return token, future
 
@@ -312,3 +317,37 @@ def sender_for(nc: Client) -> JetStreamSender:
     if sender is None:
         sender = _senders[nc] = JetStreamSender(nc)
     return sender
+
+
+class _Replies:
+    """The reply subscription's message queue, replaced: each PubAck settles its future at once.
+
+    nats-py's reader hands every message of a subscription to ``put_nowait`` of its pending
+    queue; with a callback a task then takes it off the queue and awaits the callback. Here the
+    reader's ``put_nowait`` settles the future directly: no queue, no task switch, no frame.
+    """
+
+    def __init__(self, sender: JetStreamSender, sub: Subscription) -> None:
+        self._sender = sender
+        self._sub = sub
+
+    def put_nowait(self, msg: Msg) -> None:
+        # nats-py counted the bytes as pending before handing them over; they are handled now.
+        self._sub._pending_size -= len(msg.data)  # noqa: SLF001
+        self._sender._settle(msg)  # noqa: SLF001
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        """Nothing is ever queued."""
+
+    async def join(self) -> None:
+        """Nothing is ever queued."""
+
+    async def get(self) -> Msg:
+        await asyncio.get_running_loop().create_future()  # never: nothing is queued
+        raise AssertionError

@@ -132,9 +132,18 @@ class _Limiter(abc.ABC):
         self.rejected_calls = 0
         self.waited_calls = 0
 
-    def _reserve(self, bucket: _Bucket, max_wait_s: float, key: str | None) -> float:
-        """Take a permit now or reserve one; the wait in seconds, or raise when too long."""
+    def _locked_bucket(self, key: str) -> _Bucket:
+        """``key``'s bucket, the caller holding the lock (keyed limiters only)."""
+        raise TypeError(f"{type(self).__name__} has no bucket for {key!r}: it is not keyed")
+
+    def _reserve(self, bucket: _Bucket | None, max_wait_s: float, key: str | None) -> float:
+        """Take a permit now or reserve one; the wait in seconds, or raise when too long.
+
+        ``bucket`` None: ``key``'s bucket, looked up under the same lock (one lock per call).
+        """
         with self._lock:
+            if bucket is None:
+                bucket = self._locked_bucket(key or "")
             now = self.clock.monotonic()
             tokens = bucket.tokens + (now - bucket.last_s) * self._rate
             tokens = min(tokens, self._burst)
@@ -175,7 +184,7 @@ class _Limiter(abc.ABC):
                 self._give_back(bucket)
                 raise
 
-    def _acquire_sync(self, bucket: _Bucket, max_wait_s: float, key: str | None) -> None:
+    def _acquire_sync(self, bucket: _Bucket | None, max_wait_s: float, key: str | None) -> None:
         wait_s = self._reserve(bucket, max_wait_s, key)
         if wait_s > 0:
             self.clock.sleep_sync(wait_s)
@@ -423,17 +432,20 @@ class KeyedRateLimiter(_Limiter):
 
     def _bucket(self, key: str) -> _Bucket:
         with self._lock:
-            buckets = self._buckets
-            bucket = buckets.get(key)
-            if bucket is None:
-                bucket = _Bucket(self._burst, self.clock.monotonic())
-                buckets[key] = bucket
-                if len(buckets) > self._max_keys:
-                    buckets.popitem(last=False)
-                    self.evicted_keys += 1
-            else:
-                buckets.move_to_end(key)
-            return bucket
+            return self._locked_bucket(key)
+
+    def _locked_bucket(self, key: str) -> _Bucket:
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(self._burst, self.clock.monotonic())
+            buckets[key] = bucket
+            if len(buckets) > self._max_keys:
+                buckets.popitem(last=False)
+                self.evicted_keys += 1
+        else:
+            buckets.move_to_end(key)
+        return bucket
 
     def available_permits(self, key: str) -> float:
         """Permits in ``key``'s bucket now (a full bucket for an unknown key)."""
@@ -448,7 +460,7 @@ class KeyedRateLimiter(_Limiter):
     def acquire_sync(self, key: str, *, max_wait_s: float | None = None) -> None:
         """Blocking variant of :meth:`acquire`."""
         wait = self._max_wait_s if max_wait_s is None else max_wait_s
-        self._acquire_sync(self._bucket(key), wait, key)
+        self._acquire_sync(None, wait, key)
 
     def try_acquire(self, key: str) -> bool:
         """Take a permit for ``key`` only if one is available now."""
