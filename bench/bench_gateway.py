@@ -252,7 +252,12 @@ def load_from_process(
     )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr.decode()[-3000:]}")
-    result = json.loads(out.stdout)
+    try:
+        result = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(
+            f"load generator printed no result: {out.stdout[-500:]!r} {out.stderr[-2000:]!r}"
+        ) from None
     latencies = sorted(result["latencies"])
     requests = len(latencies)
     ok = sum(n for s, n in result["statuses"].items() if s in {"202", 202})

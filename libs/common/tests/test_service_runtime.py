@@ -273,13 +273,16 @@ def test_all_is_sorted_and_complete():
     assert public == set(exported)
 
 
-def test_freeze_heap_takes_the_live_heap_out_of_the_collector():
+def test_tune_gc_freezes_the_live_heap_and_spaces_out_young_collections():
     import gc  # noqa: PLC0415
 
-    from backbone.service import freeze_heap  # noqa: PLC0415
+    from backbone.service import tune_gc  # noqa: PLC0415
 
+    threshold = gc.get_threshold()
     try:
-        frozen = freeze_heap()
+        frozen = tune_gc()
         assert frozen == gc.get_freeze_count() > 1000
+        assert gc.get_threshold() == (20_000, *threshold[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -54,8 +54,8 @@ def main() -> None:
             service_name=SERVICE_NAME,
             levels={"uvicorn.access": "WARNING", "nats": "WARNING"},
         )
-        # A process of its own: its heap is frozen once the service is built (freeze_heap).
-        app = create_app(settings, freeze_heap=True)
+        # A process of its own: the collector is tuned once the service is built (tune_gc).
+        app = create_app(settings, tune_gc_after_start=True)
     except ConfigError as exc:
         print(f"event-gateway: {exc}", file=sys.stderr)  # noqa: T201 - startup failure, no logger yet
         raise SystemExit(2) from None

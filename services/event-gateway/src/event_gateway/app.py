@@ -37,8 +37,7 @@ from backbone.resilience import (
     ResilienceRegistry,
 )
 from backbone.schemas import SchemaCache
-from backbone.service import ServiceRuntime
-from backbone.service import freeze_heap as freeze_long_lived_heap
+from backbone.service import ServiceRuntime, tune_gc
 from backbone.settings import load_settings
 from backbone.telemetry import Metrics, extract_trace_context, setup_telemetry
 from event_gateway.auth import KeyStore
@@ -239,7 +238,7 @@ def create_app(
     *,
     telemetry: Telemetry | None = None,
     span_exporter: SpanExporter | None = None,
-    freeze_heap: bool = False,
+    tune_gc_after_start: bool = False,
 ) -> Starlette:
     """Build the gateway application.
 
@@ -247,9 +246,9 @@ def create_app(
         settings: Settings; read from the environment when omitted.
         telemetry: Tracing to use (tests pass one); created from settings otherwise.
         span_exporter: Exporter for a telemetry created here (tests pass an in-memory one).
-        freeze_heap: Once started, take the long-lived heap out of the garbage collector's
-            generations (:func:`backbone.service.freeze_heap`); for the process entry point,
-            not for an app embedded in a larger process such as a test run.
+        tune_gc_after_start: Once started, freeze the long-lived heap and space out young
+            collections (:func:`backbone.service.tune_gc`); for the process entry point, not
+            for an app embedded in a larger process such as a test run.
 
     Raises:
         ConfigError: invalid settings, key files or streams file.
@@ -276,7 +275,7 @@ def create_app(
         telemetry=telemetry,
         pii=pii,
         record_spans=record_spans,
-        freeze_heap=freeze_heap,
+        tune_gc_after_start=tune_gc_after_start,
     )
 
     routes = [
@@ -322,7 +321,7 @@ def _lifespan(
     telemetry: Telemetry,
     pii: PiiPolicy,
     record_spans: bool,
-    freeze_heap: bool,
+    tune_gc_after_start: bool,
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
     """Connect, start the schema cache and the reporter; undo it all after the last request.
 
@@ -386,8 +385,8 @@ def _lifespan(
                 if instance is not None:
                     resilience.register(instance)
             runtime.service = service
-            if freeze_heap:
-                frozen = freeze_long_lived_heap()
+            if tune_gc_after_start:
+                frozen = tune_gc()
                 _log.debug("froze %d long-lived objects", frozen)
             _log.info("event gateway ready", extra={"keys": len(runtime.keys)})
             yield
