@@ -211,11 +211,27 @@ class JetStreamSender:
         flush_queue = nc._flush_queue  # noqa: SLF001
         return flush_queue is not None and flush_queue.empty()
 
-    async def _flush(self) -> None:
+    def _start(
+        self, subject: str, prefix: str, payload: bytes, headers: Mapping[str, str]
+    ) -> tuple[str, asyncio.Future[PubAck], bool]:
+        """Register a reply token and queue the message: ``(token, future, flush needed)``."""
+        token, future = self._register()
+        try:
+            flush = self._write(subject, prefix + token, payload, encode_headers(headers))
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return token, future, flush
+
+    async def _flush(self, token: str) -> None:
         nc: Any = self._nc
         max_pending = nc._max_pending_size  # noqa: SLF001
-        # Over the pending limit nats-py flushes synchronously (force), as its publish does.
-        await nc._flush_pending(force_flush=0 < max_pending < nc._pending_data_size)  # noqa: SLF001
+        try:
+            # Over the pending limit nats-py flushes synchronously (force), as its publish does.
+            await nc._flush_pending(force_flush=0 < max_pending < nc._pending_data_size)  # noqa: SLF001
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
 
     def _expire_after(self, token: str, timeout_s: float) -> None:
         # Deadlines share one timer per 10 ms tick: a timer per request costs ~2 us with uvloop
@@ -271,14 +287,11 @@ class JetStreamSender:
                 )
             except nats.errors.NoRespondersError:
                 raise nats.js.errors.NoStreamResponseError from None
-        prefix = self._prefix or await self._inbox()
-        token, future = self._register()
-        try:
-            if self._write(subject, prefix + token, payload, encode_headers(headers)):
-                await self._flush()
-        except BaseException:
-            self._waiting.pop(token, None)
-            raise
+        token, future, flush = self._start(
+            subject, self._prefix or await self._inbox(), payload, headers
+        )
+        if flush:
+            await self._flush(token)
         self._expire_after(token, timeout_s)
         try:
             return await future
@@ -297,14 +310,11 @@ class JetStreamSender:
         """
         if self._js is not None:
             return await self._js.publish_async(subject, payload, headers=dict(headers))
-        prefix = self._prefix or await self._inbox()
-        token, future = self._register()
-        try:
-            if self._write(subject, prefix + token, payload, encode_headers(headers)):
-                await self._flush()
-        except BaseException:
-            self._waiting.pop(token, None)
-            raise
+        token, future, flush = self._start(
+            subject, self._prefix or await self._inbox(), payload, headers
+        )
+        if flush:
+            await self._flush(token)
         return future
 
 
