@@ -171,3 +171,15 @@ async def test_fallback_without_the_internals_uses_nats_py(nats_client, js, monk
     assert (ack.seq, (await future).seq) == (1, 2)
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await sender.publish("nowhere.b", b"x", {"k": "v"}, timeout_s=2)
+
+
+async def test_callback_replies_when_the_subscription_internals_are_missing(
+    nats_client, js, monkeypatch
+):
+    monkeypatch.setattr(_jetstream, "_SUBSCRIPTION_INTERNALS", ("_no_such_attribute",))
+    sender = JetStreamSender(nats_client)
+    assert sender.fast
+    ack = await sender.publish("wire.c", b"x", {"Nats-Msg-Id": "c1"})
+    future = await sender.publish_async("wire.c", b"y", {"Nats-Msg-Id": "c2"})
+    assert (ack.seq, (await future).seq) == (1, 2)
+    assert not isinstance(sender._sub._pending_queue, _jetstream._Replies)

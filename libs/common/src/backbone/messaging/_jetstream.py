@@ -10,13 +10,16 @@ the ``json`` module and ``dataclasses.fields``. :class:`JetStreamSender` sends t
   anything the fast path cannot prove identical to nats-py's output (unknown header names,
   surrounding whitespace, CR/LF, non-ASCII) takes nats-py's own rules, so the wire bytes are the
   same either way (tests compare them byte for byte with nats-py's encoder);
-* PubAcks come back on one wildcard inbox of our own, keyed by a counter, parsed with orjson;
-  request timeouts share one timer per 10 ms tick (no wrapping task, no timer per request).
+* PubAcks come back on one wildcard inbox of our own, keyed by a counter, parsed with orjson, and
+  settled as nats-py's reader hands them over (the subscription's message queue is replaced, so
+  no queue, task switch or callback frame per reply); request timeouts share one timer per 10 ms
+  tick (no wrapping task, no timer per request).
 
-It writes through nats-py's connection internals (the pending buffer and the flusher), which this
-project pins in ``uv.lock``. :func:`wire_supported` checks for them once per client; without them
-(another nats-py) the sender falls back to the public ``publish``/``publish_async`` API, same
-behaviour, slower.
+It writes through nats-py's internals (the connection's pending buffer and flusher, the reply
+subscription's queue), which this project pins in ``uv.lock``. :func:`wire_supported` checks the
+connection's once per client and the inbox checks the subscription's; without them (another
+nats-py) the sender falls back to the public ``publish``/``publish_async`` API or to a callback
+subscription: same behaviour, slower.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ _NO_RESPONDERS: Final = "503"
 # Entries of given-up publish_async futures are swept once the map grows past this.
 _SWEEP_AT: Final = 16_384
 _TIMEOUT_TICK_S: Final = 0.01
+# What _Replies stands in for on the reply subscription (nats-py's Subscription).
+_SUBSCRIPTION_INTERNALS: Final = ("_pending_queue", "_pending_size")
 _REQUIRED_INTERNALS: Final = (
     "_pending",
     "_flush_pending",
@@ -153,10 +158,17 @@ class JetStreamSender:
                 self._loop = asyncio.get_running_loop()
                 prefix = self._nc.new_inbox() + "."
                 sub = await self._nc.subscribe(prefix + "*")
-                sub._pending_queue = _Replies(self, sub)  # type: ignore[assignment]  # noqa: SLF001
+                if all(hasattr(sub, name) for name in _SUBSCRIPTION_INTERNALS):
+                    sub._pending_queue = _Replies(self, sub)  # type: ignore[assignment]  # noqa: SLF001
+                else:  # another nats-py: the callback path, one task hop per reply
+                    await sub.unsubscribe()
+                    sub = await self._nc.subscribe(prefix + "*", cb=self._on_reply)
                 self._sub = sub
                 self._prefix = prefix
         return self._prefix
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self._settle(msg)
 
     def _settle(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
