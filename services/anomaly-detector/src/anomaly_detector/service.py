@@ -13,10 +13,42 @@ Per series ``(entity, metric)``:
 * a sustained path: ``sustained_points`` consecutive points beyond ``sustained_z`` alert even
   when the pattern detector is in its own post-alert suppression, so a level shift right after
   a suppressed blip is not missed;
+* a seasonal path (``basis: "seasonal"``), for what the recent window cannot see: a daily
+  surge that does not come looks like an ordinary quiet stretch to the last 20 minutes. When
+  the detector's score passed the cut because of its seasonal residual (``seasonal_novelty``
+  at least ``pattern_novelty``), significance is judged against the same time of the
+  previous days instead (:meth:`~anomaly_detector.detection.SeasonalResidual.last_span`: the
+  span's mean against each past day's, at the service's 10 s cadence 5-minute bin means):
+  ``min_z`` robust spreads (the median period-over-period difference, never below
+  ``min_relative_change`` of the expected level) from the *closest* past day, even letting
+  the usual level come ``seasonal_tolerance_s`` early or late. The first span after the
+  detector's flag that departs so alerts (a missing 09:00 surge is called at about 09:15 by
+  default); a surge that is merely a few minutes late does not. The event carries
+  ``basis: "seasonal"``, a ``seasonal`` block (since when, the window, observed, expected =
+  median of the previous days, their values, deviation, spread, z), a one-line ``summary``,
+  a leading root-cause hint with the same numbers, and ``evidence.previous_periods`` (links to
+  the same window on the previous days). Then the path stays quiet until a span is back
+  within ``min_z`` of the season: one incident, one alert;
+* the season also keeps false alarms down: on a series the season explains (the detector's
+  gate), a recent-window alert is withheld when the value is within ``min_z`` (seasonal
+  spread or recent scale, whichever is larger) of the same time, within the tolerance, on
+  one of the previous days. The usual 09:00 surge is far from the last 20 minutes but not
+  from yesterday's 09:00 (:attr:`SeriesState.explained` counts these). A spike or a level
+  shift that the previous days did not have still alerts on the recent basis, and covers
+  the incident for the seasonal path;
 * a :class:`~anomaly_detector.features.TrendWindow` for predictions.
 
 An alert fires when the series is warm, the value is significant, and the adaptive cut or the
 sustained path says so, outside the series' cool-down (event time): one incident, one alert.
+
+Seasonal memory and restarts: the season lives in memory only (the detector's bounded ring of
+the last 3 days, 865 five-minute means per series). The start-up replay covers
+``replay_window_s`` (30 minutes by default), so after a restart a series has no past days:
+for the first day the seasonal path cannot fire (a missing surge goes unseen) and nothing is
+explained by the season (the first surge after the restart may alert on the recent basis,
+as on the very first day a series is watched). Each restored day brings one period back; the
+full 3-day comparison returns after 3 days. A longer replay window rebuilds it at the cost of
+start-up time (every snapshot of the window is scored again); nothing is persisted.
 All metrics of one observation that alert are reported together in one ``ai.anomaly.detected``;
 an :class:`~anomaly_detector.detection.MultivariateDetector` per entity (IsolationForest over
 the entity's metric vector) supplies the root-cause hints (metrics ranked by robust z-score).
@@ -43,6 +75,9 @@ from anomaly_detector.detection import (
     AdaptiveThreshold,
     Feedback,
     MultivariateDetector,
+    Score,
+    SeasonalBaseline,
+    SeasonalResidual,
     SeriesConfig,
     SeriesDetector,
 )
@@ -71,6 +106,13 @@ _ERROR_RATIO_METRIC: Final = "handler_error_ratio"
 _RATE_METRIC: Final = "rate_per_s"
 _DELIVERED_METRIC: Final = "delivered_per_s"
 _LATENCY_SUFFIX: Final = "latency_p99_ms"
+#: What an alert's significance was judged against: the last ``robust_window`` points, or
+#: the same time of the previous periods (days).
+BASIS_RECENT: Final = "recent"
+BASIS_SEASONAL: Final = "seasonal"
+PATH_SEASONAL: Final = "seasonal"
+_TINY: Final = 1e-9
+_DAY_S: Final = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +146,10 @@ class _Verdict:
     expected: float
     cut_hit: bool
     path: str | None
+    basis: str = BASIS_RECENT
+    seasonal: SeasonalBaseline | None = None
+    #: Start of the first span the seasonal residual flagged (the departure's onset).
+    seasonal_since_s: float = math.nan
 
 
 @dataclass
@@ -118,13 +164,22 @@ class SeriesState:
     points: int = 0
     over: int = 0
     last_alert_s: float = -math.inf
+    #: Alerts of the recent-window paths withheld because the season explains the value.
+    explained: int = 0
+    #: A seasonal candidate waiting for a departing span:
+    #: ``(timestamp_s, season version, start of the flagged span)``.
+    seasonal_pending: tuple[float, int, float] | None = None
+    #: A seasonal incident was alerted and the season still disagrees (one incident, one alert).
+    seasonal_episode: bool = False
+    _episode_version: int = 0
+    _episode_sign: float = 0.0
 
     def update(
         self, metric: str, timestamp_s: float, value: float, cfg: AnomalySection
     ) -> _Verdict:
         """Score one point with the past, then learn it."""
-        z = self.window.zscore(value)
-        med, _ = self.window.stats()
+        med, recent_scale = self.window.stats()
+        z = 0.0 if math.isnan(med) else (value - med) / recent_scale  # RobustWindow.zscore
         score = self.detector.update(timestamp_s, value)
         cut = self.threshold.value
         cut_hit = self.threshold.observe(score.score)
@@ -133,15 +188,148 @@ class SeriesState:
         significant = abs(z) >= cfg.min_z * self.sensitivity
         sustained = self.over >= cfg.sustained_points
         cooling = timestamp_s - self.last_alert_s < cfg.alert_cooldown_s
-        path: str | None = None
-        if warm and significant and not cooling and (cut_hit or sustained):
-            path = "series" if cut_hit else "sustained"
+        expected = score.expected if math.isfinite(score.expected) else med
+        verdict = _Verdict(metric, value, z, score.score, cut, expected, cut_hit, None)
+        seasonal = self._seasonal(
+            timestamp_s, score, cfg, ready=warm and not cooling, cut_hit=cut_hit
+        )
+        if seasonal is not None:
+            base, verdict.seasonal_since_s = seasonal
+            verdict.path, verdict.basis, verdict.seasonal = PATH_SEASONAL, BASIS_SEASONAL, base
+            verdict.z, verdict.expected = self._seasonal_z(base, cfg), base.expected
             self.last_alert_s = timestamp_s
+        elif warm and significant and not cooling and (cut_hit or sustained):
+            if self._explained(value, recent_scale, cfg):
+                self.explained += 1
+            else:
+                verdict.path = "series" if cut_hit else "sustained"
+                self.last_alert_s = timestamp_s
+                self._covered(z)
         self.window.add(value)
         self.trend.add(timestamp_s, value)
         self.points += 1
-        expected = score.expected if math.isfinite(score.expected) else med
-        return _Verdict(metric, value, z, score.score, cut, expected, cut_hit, path)
+        return verdict
+
+    def _seasonal(
+        self,
+        timestamp_s: float,
+        score: Score,
+        cfg: AnomalySection,
+        *,
+        ready: bool,
+        cut_hit: bool,
+    ) -> tuple[SeasonalBaseline, float] | None:
+        """The seasonal path: a departure from the same time of past periods that holds.
+
+        A candidate is a step whose score passed the cut because of the seasonal residual
+        (``seasonal_novelty`` at least the pattern novelty). From the next span on, the first
+        span that is ``min_z`` robust spreads from every past period even allowing
+        ``seasonal_tolerance_s`` of shift (a surge a few minutes late is not a missing surge)
+        alerts; none within twice that tolerance (plus one slot) drops the candidate. After an
+        alert (on either basis: a level shift the recent window caught is not alerted again
+        as a seasonal departure) the path stays quiet until a span is back within ``min_z``
+        of the season or departs the other way (one incident, one alert; the detector's own
+        novelty fades as its calibration learns the incident, so it cannot tell the end).
+        """
+        season = self.detector.season
+        if season is None:
+            return None
+        if self.seasonal_episode:
+            self._follow_episode(season, cfg)
+            return None
+        if not ready:
+            return None
+        pending = self.seasonal_pending
+        if pending is None:
+            seasonal_novelty = score.contributions.get("seasonal_novelty", 0.0)
+            pattern_novelty = score.contributions.get("pattern_novelty", 0.0)
+            if cut_hit and 0.0 < seasonal_novelty >= pattern_novelty:
+                flagged = season.last_span()
+                since_s = flagged.start_s if flagged is not None else timestamp_s
+                self.seasonal_pending = (timestamp_s, season.version, since_s)
+            return None
+        base = self._confirmed(season, timestamp_s, cfg)
+        if base is None:
+            return None
+        self.seasonal_episode = True
+        self._episode_version = season.version
+        self._episode_sign = math.copysign(1.0, base.observed - base.expected)
+        return base, pending[2]
+
+    def _confirmed(
+        self, season: SeasonalResidual, timestamp_s: float, cfg: AnomalySection
+    ) -> SeasonalBaseline | None:
+        """The latest span, when it is new since the candidate and departs from the season."""
+        assert self.seasonal_pending is not None  # noqa: S101 - checked by the caller
+        since_s, version, onset_s = self.seasonal_pending
+        if season.version == version:
+            return None
+        self.seasonal_pending = (since_s, season.version, onset_s)
+        base = season.last_span(tolerance=_slots(season, cfg.seasonal_tolerance_s))
+        if base is not None and abs(self._seasonal_z(base, cfg)) >= cfg.min_z * self.sensitivity:
+            self.seasonal_pending = None
+            return base
+        if timestamp_s - since_s > 2 * cfg.seasonal_tolerance_s + season.slot_s:
+            self.seasonal_pending = None
+        return None
+
+    def _covered(self, z: float) -> None:
+        """An alert on the recent basis covers the incident for the seasonal path too."""
+        season = self.detector.season
+        if season is not None and self.detector.seasonal:
+            self.seasonal_pending = None
+            self.seasonal_episode = True
+            self._episode_version = season.version
+            self._episode_sign = math.copysign(1.0, z)
+
+    def _follow_episode(self, season: SeasonalResidual, cfg: AnomalySection) -> None:
+        """End the seasonal incident once a new span is back within ``min_z`` of the season."""
+        if season.version == self._episode_version:
+            return
+        self._episode_version = season.version
+        base = season.last_span(tolerance=_slots(season, cfg.seasonal_tolerance_s))
+        z_s = 0.0 if base is None else self._seasonal_z(base, cfg)
+        if z_s * self._episode_sign < cfg.min_z * self.sensitivity:
+            self.seasonal_episode = False
+
+    @staticmethod
+    def _seasonal_z(base: SeasonalBaseline, cfg: AnomalySection) -> float:
+        """Signed robust z of a span against its past periods (0 while the spread is unknown).
+
+        The size is the distance to the *nearest* past value (as the residual measures it;
+        within the tolerance envelope when one is given), the sign the side of the median;
+        the scale is the period-over-period spread, never below ``min_relative_change`` of
+        the expected level.
+        """
+        if not math.isfinite(base.spread):
+            return 0.0
+        scale = max(base.spread, cfg.min_relative_change * abs(base.expected), _TINY)
+        deviation = math.copysign(abs(base.observed - base.nearest), base.observed - base.expected)
+        return deviation / scale
+
+    def _explained(self, value: float, recent_scale: float, cfg: AnomalySection) -> bool:
+        """Whether the season explains ``value``: close to the same time of a past period.
+
+        Only for a series the season explains (the detector's gate). "The same time" allows
+        ``seasonal_tolerance_s`` either way (a surge a few minutes early or late is the usual
+        surge); "close" is ``min_z`` times the larger of the seasonal spread and the recent
+        window's scale (a raw point is noisier than a bin mean).
+        """
+        season = self.detector.season
+        if season is None or not self.detector.seasonal:
+            return False
+        base = season.at_latest(value, tolerance=_slots(season, cfg.seasonal_tolerance_s))
+        if base is None:
+            return False
+        spread = base.spread if math.isfinite(base.spread) else 0.0
+        scale = max(spread, recent_scale, cfg.min_relative_change * abs(base.nearest), _TINY)
+        return abs(value - base.nearest) < cfg.min_z * self.sensitivity * scale
+
+
+def _slots(season: SeasonalResidual, tolerance_s: float) -> int:
+    """The tolerance in remembered values (bins or points) of ``season``."""
+    slot_s = season.slot_s
+    return math.ceil(tolerance_s / slot_s - 1e-9) if slot_s > 0 else 0
 
 
 @dataclass
@@ -288,40 +476,50 @@ class DetectorService:
         alerting.sort(key=lambda v: -abs(v.z))
         primary = alerting[0]
         # Root-cause hints: the multivariate detector's per-metric contributions once it is fit,
-        # the per-series robust z-scores before that.
+        # the per-series robust z-scores before that. A seasonal departure leads: nothing in
+        # the recent window explains it.
         ranked = contributions or {v.metric: abs(v.z) for v in verdicts}
-        hints = [
-            {"feature": name, "z": round(ranked[name], 3)}
-            for name in sorted(ranked, key=lambda n: -ranked[n])[:_MAX_HINTS]
-        ]
+        hints: list[dict[str, Any]] = [
+            {
+                "feature": v.metric,
+                "z": round(abs(v.z), 3),
+                "basis": BASIS_SEASONAL,
+                "expected": round(v.seasonal.expected, 6),
+                "observed": round(v.seasonal.observed, 6),
+                "deviation": round(v.seasonal.observed - v.seasonal.expected, 6),
+            }
+            for v in alerting
+            if v.seasonal is not None
+        ][:_MAX_HINTS]
+        named = {h["feature"] for h in hints}
+        hints += [
+            {"feature": name, "z": round(ranked[name], 3), "basis": BASIS_RECENT}
+            for name in sorted(ranked, key=lambda n: -ranked[n])
+            if name not in named
+        ][: _MAX_HINTS - len(hints)]
         confidence = self._confidence(primary, mv_anomaly=mv_anomaly)
+        evidence = self.evidence(obs)
         data: dict[str, Any] = {
             "entity": obs.entity,
             "entity_kind": obs.kind,
             "metric": primary.metric,
             "value": primary.value,
             "expected": _finite(primary.expected),
+            "basis": primary.basis,
             "score": round(max(primary.score, confidence if primary.path else 0.0), 4),
             "series_score": round(primary.score, 4),
             "confidence": confidence,
             "detector": primary.path,
-            "metrics": [
-                {
-                    "metric": v.metric,
-                    "value": v.value,
-                    "expected": _finite(v.expected),
-                    "z": round(v.z, 3),
-                    "score": round(v.score, 4),
-                    "threshold": round(v.threshold, 4),
-                    "detector": v.path,
-                }
-                for v in alerting
-            ],
+            "metrics": [self._metric_entry(v) for v in alerting],
             "root_cause_hints": hints,
-            "evidence": self.evidence(obs),
+            "evidence": evidence,
             "observed_at": iso(obs.timestamp_s),
             "detector_instance": self.instance,
         }
+        if primary.seasonal is not None:
+            data["seasonal"] = self._seasonal_data(primary)
+            data["summary"] = self._seasonal_summary(obs.entity, primary)
+            evidence["previous_periods"] = self._previous_periods(obs, primary.seasonal)
         if obs.kind == "service":
             data["service"] = obs.entity
         finding_id = str(uuid.uuid4())
@@ -339,6 +537,73 @@ class DetectorService:
             )
         )
         return Finding(ANOMALY_TYPE, finding_id, obs.entity, obs.timestamp_s, data, suggestions)
+
+    def _metric_entry(self, v: _Verdict) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "metric": v.metric,
+            "value": v.value,
+            "expected": _finite(v.expected),
+            "z": round(v.z, 3),
+            "basis": v.basis,
+            "score": round(v.score, 4),
+            "threshold": round(v.threshold, 4),
+            "detector": v.path,
+        }
+        if v.seasonal is not None:
+            entry["seasonal"] = self._seasonal_data(v)
+        return entry
+
+    def _seasonal_data(self, v: _Verdict) -> dict[str, Any]:
+        """The seasonal comparison behind an alert, for the event (operators read this)."""
+        base = v.seasonal
+        assert base is not None  # noqa: S101 - only called for seasonal verdicts
+        return {
+            "period_s": self.series_config.season_s,
+            "since": iso(v.seasonal_since_s),
+            "window_start": iso(base.start_s),
+            "window_end": iso(base.end_s),
+            "observed": round(base.observed, 6),
+            "expected": round(base.expected, 6),
+            "previous": [round(p, 6) for p in base.past],
+            "deviation": round(base.observed - base.expected, 6),
+            "spread": round(base.spread, 6),
+            "z": round(v.z, 3),
+        }
+
+    def _seasonal_summary(self, entity: str, v: _Verdict) -> str:
+        base = v.seasonal
+        assert base is not None  # noqa: S101 - only called for seasonal verdicts
+        period_s = self.series_config.season_s
+        past = len(base.past)
+        tolerance = f"{self.settings.seasonal_tolerance_s / 60:g} min early or late"
+        when = (
+            f"the previous {past} day{'s' if past > 1 else ''}"
+            if period_s == _DAY_S
+            else f"the previous {past} period{'s' if past > 1 else ''} of {period_s:g} s"
+        )
+        since = iso(v.seasonal_since_s)[11:16]
+        start, end = iso(base.start_s)[11:16], iso(base.end_s)[11:16]
+        side = "below" if v.z < 0 else "above"
+        return (
+            f"{entity} {v.metric} is {side} its usual level for this time of day since "
+            f"{since} UTC: {base.observed:.4g} on average over {start}-{end} UTC, where "
+            f"{when} had {base.expected:.4g} (median of "
+            f"{', '.join(f'{p:.4g}' for p in base.past)}); {abs(v.z):.1f} robust spreads "
+            f"{side} even allowing the usual level to come {tolerance}."
+        )
+
+    def _previous_periods(self, obs: Observation, base: SeasonalBaseline) -> list[dict[str, Any]]:
+        """Evidence links to the same window on the previous periods (the expected shape)."""
+        period_s = self.series_config.season_s
+        stream = obs.evidence_stream or "SYSTEM_EVENTS"
+        out: list[dict[str, Any]] = []
+        for k in range(1, len(base.past) + 1):
+            start, end = iso(base.start_s - k * period_s), iso(base.end_s - k * period_s)
+            link = f"backbone://streams/{stream}?start_time={start}&end_time={end}"
+            if obs.evidence_subject:
+                link += f"&subject={obs.evidence_subject}"
+            out.append({"start_time": start, "end_time": end, "link": link})
+        return out
 
     def _limit(self, obs: Observation, metric: str, state: SeriesState) -> tuple[str, float] | None:
         cfg = self.settings

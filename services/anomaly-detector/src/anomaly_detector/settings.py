@@ -112,6 +112,9 @@ class AnomalySection(BaseModel):
             series from alerting on tiny wiggles).
         sustained_z: Robust z-score that alerts by itself once held ``sustained_points`` points.
         sustained_points: Consecutive points above ``sustained_z`` for the sustained path.
+        seasonal_tolerance_s: How far "the same time of day" may shift when a value is
+            judged against the previous days: a surge this much early or late is the usual
+            surge (no alert), and a missing surge is called once this much past its start.
         alert_cooldown_s: Event time after an alert (or prediction) during which the same series
             stays quiet: one incident, one alert.
         series_cut_floor: Lowest adaptive cut on the series score (operator "missed" feedback
@@ -145,6 +148,7 @@ class AnomalySection(BaseModel):
     min_relative_change: float = Field(default=0.05, ge=0)
     sustained_z: float = Field(default=6.0, gt=0)
     sustained_points: int = Field(default=3, ge=1)
+    seasonal_tolerance_s: float = Field(default=600.0, ge=0)
     alert_cooldown_s: float = Field(default=300.0, ge=0)
     series_cut_floor: float = Field(default=0.35, ge=0, le=1)
     series_cut_min: float = Field(default=0.05, ge=0, le=1)

@@ -35,7 +35,10 @@ API::
   ``Score.score`` is in [0, 1); ``is_anomaly`` marks alerts. NAB subset: 76.7 / 70.7 / 81.1
   (standard / low-FP / low-FN), see ``bench/results/anomaly_nab.md``.
 * :class:`SeasonalResidual`: that seasonal residual on its own (lag from the timestamps,
-  bounded ring of past points).
+  bounded ring of past points); ``last_span()`` / ``at_latest(value)`` read it back as a
+  :class:`SeasonalBaseline` (observed vs the same time of the past periods, with a robust
+  period-over-period spread) to explain a verdict. ``SeriesDetector.season`` is the one a
+  detector uses and ``SeriesDetector.seasonal`` says whether the season explains the series.
 * :class:`MultivariateDetector`: IsolationForest refit on a sliding window of a service's
   metric vector; per-metric robust z-scores as contributions.
 * :class:`RiverDetector`: river's online HalfSpaceTrees, a second opinion.
@@ -49,7 +52,7 @@ from anomaly_detector.detection._bank import DetectorBank, SeriesKey
 from anomaly_detector.detection._errors import DetectionError, DetectorConfigError
 from anomaly_detector.detection._multivariate import MultivariateDetector, MultivariateScore
 from anomaly_detector.detection._river import RiverDetector
-from anomaly_detector.detection._seasonal import SeasonalResidual
+from anomaly_detector.detection._seasonal import SeasonalBaseline, SeasonalResidual
 from anomaly_detector.detection._series import Score, SeriesConfig, SeriesDetector
 from anomaly_detector.detection._threshold import AdaptiveThreshold, Feedback
 
@@ -63,6 +66,7 @@ __all__ = [
     "MultivariateScore",
     "RiverDetector",
     "Score",
+    "SeasonalBaseline",
     "SeasonalResidual",
     "SeriesConfig",
     "SeriesDetector",

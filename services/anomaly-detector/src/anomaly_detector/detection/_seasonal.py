@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,6 +16,36 @@ from anomaly_detector.detection._errors import DetectorConfigError
 _PROBE_POINTS = 32
 # Ring slot never filled (no real bin index is this small).
 _EMPTY = -(2**62)
+# Period-over-period pairs needed before their spread is trusted.
+_MIN_SPREAD_PAIRS = 8
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True, slots=True)
+class SeasonalBaseline:
+    """What the same time of the past periods says about a recent value (or span of values).
+
+    Attributes:
+        observed: The value compared (a span's mean for :meth:`SeasonalResidual.last_span`).
+        expected: Median of the past periods' values at that time: what the season predicts.
+        nearest: The past periods' value closest to ``observed`` (what the residual measures:
+            one odd past period does not make the present look odd); with a tolerance, the
+            closest point of their envelope within it.
+        past: The past periods' values at that time, the latest period first (periods whose
+            points are not held are left out).
+        spread: Robust spread of a period-over-period difference, over the last period
+            (``1.4826 * median |x(t) - x(t - period)|``); NaN with too few pairs.
+        start_s: Start of the compared time (seconds; in the current period).
+        end_s: End of it.
+    """
+
+    observed: float
+    expected: float
+    nearest: float
+    past: tuple[float, ...]
+    spread: float
+    start_s: float
+    end_s: float
 
 
 class SeasonalResidual:
@@ -82,11 +114,19 @@ class SeasonalResidual:
         self._bin = _EMPTY
         self._bin_sum = 0.0
         self._bin_n = 0
+        self._closed = _EMPTY
+        self._gap_s = 0.0
+        self._last_s = math.nan
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the ring of past points."""
         return 8 * len(self._ring)
+
+    @property
+    def slot_s(self) -> float:
+        """Seconds one remembered value covers: the bin, or the sampling interval (0 unknown)."""
+        return self.bin_s if self.binned else self._gap_s
 
     @property
     def ready(self) -> bool:
@@ -107,6 +147,7 @@ class SeasonalResidual:
         """Learn one point (and its comparison with the past periods)."""
         if self._disabled:
             return
+        self._last_s = timestamp
         if not self._ring:
             self._probe.append((timestamp, value))
             if len(self._probe) >= _PROBE_POINTS:
@@ -120,6 +161,7 @@ class SeasonalResidual:
     def _start(self) -> None:
         ts = np.array([t for t, _ in self._probe])
         gap = float(np.median(np.diff(ts)))
+        self._gap_s = gap
         lag = round(self.period_s / gap) if gap > 0 else 0
         size = self.periods * lag + 1
         probe, self._probe = self._probe, []
@@ -162,6 +204,7 @@ class SeasonalResidual:
         size = len(ring)
         ring[index % size] = mean
         stamp[index % size] = index
+        self._closed = index
         best = math.inf
         anti = math.inf
         half = lag // 2
@@ -198,3 +241,109 @@ class SeasonalResidual:
         self._in.append(best)
         self._anti.append(anti)
         self.version += 1
+
+    # -- read-only views of the season (for explaining a verdict; never used in scoring) ----
+
+    def last_span(self, *, tolerance: int = 0) -> SeasonalBaseline | None:
+        """The span behind :attr:`residual`, against the same time of the past periods.
+
+        The span is the last ``span_points`` points (binned: the last closed bins); its mean
+        is ``observed``, each past period's mean over the same time is one of ``past``.
+
+        Args:
+            tolerance: Also compare with the span shifted by up to this many points (binned:
+                bins) either way; ``nearest`` is then the closest the past periods came
+                within that envelope (a surge a few minutes early or late is the usual one).
+
+        Returns:
+            The comparison; None before :attr:`ready` or when no past period holds the span.
+        """
+        if not self.ready:
+            return None
+        span = self._in.maxlen or 1
+        if self.binned:
+            end = self._closed
+            start_s, end_s = (end - span + 1) * self.bin_s, (end + 1) * self.bin_s
+        else:
+            end = self._n - 1
+            start_s, end_s = self._last_s - (span - 1) * self._gap_s, self._last_s
+        indices = range(end - span + 1, end + 1)
+        now = [self._held(i) for i in indices]
+        if any(v is None for v in now):
+            return None
+        observed = math.fsum(v for v in now if v is not None) / span
+        return self._compare(indices, observed, tolerance, start_s, end_s)
+
+    def at_latest(self, value: float, *, tolerance: int = 0) -> SeasonalBaseline | None:
+        """``value``, at the latest point's time, against the same time of the past periods.
+
+        Args:
+            value: The value to judge (typically the latest point itself).
+            tolerance: Also compare with this many points (binned: bins) either side of the
+                same time; ``nearest`` is then the closest the past periods came within that
+                envelope (a daily surge a few minutes early or late is the usual surge).
+
+        Returns:
+            The comparison, or None when the season is off or no past period is held.
+        """
+        if not self._ring:
+            return None
+        if self.binned:
+            index = self._bin
+            start_s, end_s = index * self.bin_s, (index + 1) * self.bin_s
+        else:
+            index = self._n - 1
+            start_s = end_s = self._last_s
+        return self._compare(range(index, index + 1), value, tolerance, start_s, end_s)
+
+    def _held(self, index: int) -> float | None:
+        """The remembered value (or bin mean) with this index, if the ring still holds it."""
+        ring = self._ring
+        size = len(ring)
+        if self.binned:
+            return ring[index % size] if self._stamp[index % size] == index else None
+        if index < 0 or index >= self._n or index <= self._n - 1 - size:
+            return None
+        return ring[index % size]
+
+    def _compare(
+        self, indices: range, observed: float, tolerance: int, start_s: float, end_s: float
+    ) -> SeasonalBaseline | None:
+        lag, span = self.lag_points, len(indices)
+        past: list[float] = []
+        nearest = math.nan
+        for k in range(1, self.periods + 1):
+            means: dict[int, float] = {}
+            for shift in range(-tolerance, tolerance + 1):
+                values = [self._held(i - k * lag + shift) for i in indices]
+                if all(v is not None for v in values):
+                    means[shift] = math.fsum(v for v in values if v is not None) / span
+            if 0 not in means:
+                continue
+            past.append(means[0])
+            # The closest the period came to `observed` within the tolerance (its envelope).
+            close = min(max(observed, min(means.values())), max(means.values()))
+            if math.isnan(nearest) or abs(close - observed) < abs(nearest - observed):
+                nearest = close
+        if not past:
+            return None
+        return SeasonalBaseline(
+            observed=observed,
+            expected=statistics.median(past),
+            nearest=nearest,
+            past=tuple(past),
+            spread=self._spread(indices[-1]),
+            start_s=start_s,
+            end_s=end_s,
+        )
+
+    def _spread(self, end: int) -> float:
+        lag = self.lag_points
+        diffs: list[float] = []
+        for i in range(end - lag + 1, end + 1):
+            now, before = self._held(i), self._held(i - lag)
+            if now is not None and before is not None:
+                diffs.append(abs(now - before))
+        if len(diffs) < _MIN_SPREAD_PAIRS:
+            return math.nan
+        return _MAD_TO_SIGMA * statistics.median(diffs)

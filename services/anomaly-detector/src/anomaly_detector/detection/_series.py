@@ -221,6 +221,20 @@ class SeriesDetector:
         return self._n_points
 
     @property
+    def season(self) -> SeasonalResidual | None:
+        """The seasonal residual behind ``seasonal_novelty`` (None when ``season_s`` is 0).
+
+        Read it to explain a verdict (:meth:`SeasonalResidual.last_span`,
+        :meth:`SeasonalResidual.at_latest`); feeding it is the detector's job.
+        """
+        return self._season
+
+    @property
+    def seasonal(self) -> bool:
+        """Whether the season explains this series (the gate the seasonal novelty needs)."""
+        return self._seasonal and self._season is not None and self._season.ready
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the detector's buffers (bounded by the config)."""
         held = self._steps.nbytes + self._patterns.nbytes + self._calib.nbytes

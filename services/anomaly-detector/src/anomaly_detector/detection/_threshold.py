@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 
 import numpy as np
@@ -61,12 +62,21 @@ class AdaptiveThreshold:
         self._scores = np.zeros(window, dtype=np.float64)
         self._n = 0
         self._offset = 0.0
+        # The quantile only changes when a score is learned or the target rate moves, while
+        # the cut is read before every judgement: compute it once per state.
+        self._base_key: tuple[int, float] = (-1, math.nan)
+        self._base_value = initial
 
     def _base(self) -> float:
-        n = min(self._n, self._scores.shape[0])
-        if n < self.min_samples:
-            return self.initial
-        return float(np.quantile(self._scores[:n], 1.0 - self.target_rate))
+        key = (self._n, self.target_rate)
+        if key != self._base_key:
+            n = min(self._n, self._scores.shape[0])
+            if n < self.min_samples:
+                self._base_value = self.initial
+            else:
+                self._base_value = float(np.quantile(self._scores[:n], 1.0 - self.target_rate))
+            self._base_key = key
+        return self._base_value
 
     @property
     def value(self) -> float:
