@@ -12,7 +12,7 @@ All in one run, one Python process, real nats-server and PostgreSQL (the test cl
    the consumer's delivery, a conservative "in the stream" time);
 4. housekeeping: sustained enqueue + relay for M rows, then ``n_dead_tup`` and table size.
 
-    uv run python bench/bench_outbox.py [--rows 50000] [--sustained 200000] [--rate 1000]
+    uv run python bench/bench_outbox.py [--rows 50000] [--sustained 1000000] [--rate 1000]
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--sustained", type=int, default=200_000)
+    parser.add_argument("--sustained", type=int, default=1_000_000)
     result = asyncio.run(main(parser.parse_args()))
     print(table(result))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
