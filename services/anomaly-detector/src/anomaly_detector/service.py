@@ -40,6 +40,24 @@ Per series ``(entity, metric)``:
 
 An alert fires when the series is warm, the value is significant, and the adaptive cut or the
 sustained path says so, outside the series' cool-down (event time): one incident, one alert.
+The cool-down alone is not enough for a level shift: the recent window takes half its length
+(10 minutes at a 10 s cadence, an hour at 60 s) to absorb the new level, and the shift would
+alert again after every cool-down until then. So an alert on the recent basis opens an
+:class:`Incident` that the series' later points are followed against:
+
+* while it is open, a further alert in the same direction needs the value ``min_z`` spreads
+  (the larger of the pre-incident scale and the incident's own) past the level alerted, or
+  where the incident has stood since if that is further: a clearly worse incident alerts
+  again (with ``escalation_of``), the same one does not (:attr:`SeriesState.repeats`);
+* it ends when the series has been back within ``min_z`` of its pre-incident level for
+  ``sustained_points`` points (nothing alerts on the way back: the recent window still holds
+  that level), after which a new spike or shift alerts normally;
+* it settles once the recent window's median has reached the incident's: the window has
+  absorbed the new level, and any departure from it is judged against the window alone. The
+  one thing still recognised is the recovery: coming back to the pre-incident level within
+  ``incident_memory_s`` of the alert (6 hours by default) is the incident's end, not a new
+  alert. A departure in the other direction that does not land at that level is a new
+  incident, whenever it comes.
 
 Seasonal memory and restarts: the season lives in memory only (the detector's bounded ring of
 the last 3 days, 865 five-minute means per series). The start-up replay covers
@@ -150,6 +168,63 @@ class _Verdict:
     seasonal: SeasonalBaseline | None = None
     #: Start of the first span the seasonal residual flagged (the departure's onset).
     seasonal_since_s: float = math.nan
+    #: The open incident this alert is clearly worse than (an escalation, not a new incident).
+    escalates: Incident | None = None
+
+
+@dataclass(slots=True)
+class Incident:
+    """An incident of one series on the recent basis: opened by an alert, followed to its end.
+
+    Later alerts of the series in the same direction are repeats unless the value is clearly
+    worse than the incident (``min_z`` further spreads past the level alerted or, if higher,
+    where the incident has stood since): a level shift is one incident however long the
+    recent window takes to absorb it.
+
+    Attributes:
+        since_s: When it was alerted.
+        sign: ``+1.0`` above the pre-incident level, ``-1.0`` below.
+        baseline: The pre-incident level (the recent window's median at the alert).
+        baseline_scale: The recent window's robust scale at the alert.
+        level: The value alerted.
+        window: The values since the alert: their median is where the incident stands, their
+            spread its own noise.
+        back: Consecutive points back within ``min_z`` of the pre-incident level.
+        settled: The recent window has absorbed the incident's level.
+    """
+
+    since_s: float
+    sign: float
+    baseline: float
+    baseline_scale: float
+    level: float
+    window: RobustWindow
+    back: int = 0
+    settled: bool = False
+
+    def add(self, value: float) -> None:
+        """Learn a point of the incident."""
+        self.window.add(value)
+
+    def covers(self, value: float, z: float, sensitivity: float, cfg: AnomalySection) -> bool:
+        """Whether an alert on ``value`` (robust z ``z`` on the recent basis) is this incident.
+
+        It is when it is the recovery (the other direction, back within ``min_z`` of the
+        pre-incident level) or, while the incident is open, the same direction without being
+        ``min_z`` spreads worse than the incident (the spread: the larger of the pre-incident
+        scale and the incident's own).
+        """
+        band = cfg.min_z * sensitivity
+        if z * self.sign < 0:
+            return abs(value - self.baseline) < band * self.baseline_scale
+        if self.settled:
+            return False
+        level, scale = self.level, self.baseline_scale
+        if len(self.window):
+            median, own_scale = self.window.stats()
+            level = self.sign * max(self.sign * level, self.sign * median)
+            scale = max(scale, own_scale)
+        return (value - level) * self.sign < band * scale
 
 
 @dataclass
@@ -166,6 +241,11 @@ class SeriesState:
     last_alert_s: float = -math.inf
     #: Alerts of the recent-window paths withheld because the season explains the value.
     explained: int = 0
+    #: Alerts of the recent-window paths withheld as repeats of the open incident (same
+    #: direction, not clearly worse) or as its recovery.
+    repeats: int = 0
+    #: The incident the last recent-basis alert opened, followed until it ends.
+    incident: Incident | None = None
     #: A seasonal candidate waiting for a departing span:
     #: ``(timestamp_s, season version, start of the flagged span)``.
     seasonal_pending: tuple[float, int, float] | None = None
@@ -190,6 +270,7 @@ class SeriesState:
         cooling = timestamp_s - self.last_alert_s < cfg.alert_cooldown_s
         expected = score.expected if math.isfinite(score.expected) else med
         verdict = _Verdict(metric, value, z, score.score, cut, expected, cut_hit, None)
+        incident = self._follow_incident(timestamp_s, value, med, recent_scale, cfg)
         seasonal = self._seasonal(
             timestamp_s, score, cfg, ready=warm and not cooling, cut_hit=cut_hit
         )
@@ -201,14 +282,91 @@ class SeriesState:
         elif warm and significant and not cooling and (cut_hit or sustained):
             if self._explained(value, recent_scale, cfg):
                 self.explained += 1
+            elif incident is not None and incident.covers(value, z, self.sensitivity, cfg):
+                self.repeats += 1
             else:
                 verdict.path = "series" if cut_hit else "sustained"
                 self.last_alert_s = timestamp_s
                 self._covered(z)
+                if incident is not None and not incident.settled and incident.sign * z > 0:
+                    verdict.escalates = incident
+                self._open_incident(
+                    timestamp_s, value=value, z=z, med=med, recent_scale=recent_scale, cfg=cfg
+                )
+        if self.incident is not None:
+            self.incident.add(value)
         self.window.add(value)
         self.trend.add(timestamp_s, value)
         self.points += 1
         return verdict
+
+    def _open_incident(
+        self,
+        timestamp_s: float,
+        *,
+        value: float,
+        z: float,
+        med: float,
+        recent_scale: float,
+        cfg: AnomalySection,
+    ) -> None:
+        """Follow the incident an alert on the recent basis opened.
+
+        A clearly worse alert of an incident still open keeps the pre-incident level: the
+        incident ends when the series is back there, not at the level it worsened from.
+        """
+        sign = math.copysign(1.0, z)
+        old = self.incident
+        if old is not None and not old.settled and old.sign == sign:
+            med, recent_scale = old.baseline, old.baseline_scale
+        self.incident = Incident(
+            since_s=timestamp_s,
+            sign=sign,
+            baseline=med,
+            baseline_scale=recent_scale,
+            level=value,
+            window=RobustWindow(cfg.robust_window, min_relative=cfg.min_relative_change),
+        )
+
+    def _follow_incident(
+        self,
+        timestamp_s: float,
+        value: float,
+        med: float,
+        recent_scale: float,
+        cfg: AnomalySection,
+    ) -> Incident | None:
+        """Advance the open incident with a new point (before it is learnt); None once over.
+
+        An open incident ends when the series has been back at its pre-incident level for
+        ``sustained_points`` points (the recent window still holds that level, so the return
+        does not alert), and settles once the recent window's median has reached the
+        incident's own (the window absorbed the new level, so a further departure is
+        significant against it alone). A settled incident only still recognises the
+        recovery; it ends once the window has absorbed the recovery too, or when the series
+        is elsewhere ``incident_memory_s`` after the alert.
+        """
+        incident = self.incident
+        if incident is None:
+            return None
+        band = cfg.min_z * self.sensitivity
+        if incident.settled:
+            recovered = abs(med - incident.baseline) < band * incident.baseline_scale
+            recovering = abs(value - incident.baseline) < band * incident.baseline_scale
+            forgotten = not recovering and timestamp_s - incident.since_s > cfg.incident_memory_s
+            if recovered or forgotten:
+                self.incident = None
+            return self.incident
+        if abs(value - incident.baseline) < band * incident.baseline_scale:
+            incident.back += 1
+            if incident.back >= cfg.sustained_points:
+                self.incident = None
+                return None
+        else:
+            incident.back = 0
+        if len(incident.window) and abs(incident.window.stats()[0] - med) < band * recent_scale:
+            incident.settled = True
+        return incident
 
     def _seasonal(
         self,
@@ -520,6 +678,12 @@ class DetectorService:
             data["seasonal"] = self._seasonal_data(primary)
             data["summary"] = self._seasonal_summary(obs.entity, primary)
             evidence["previous_periods"] = self._previous_periods(obs, primary.seasonal)
+        if primary.escalates is not None:
+            data["escalation_of"] = {
+                "alerted_at": iso(primary.escalates.since_s),
+                "value": primary.escalates.level,
+                "baseline": round(primary.escalates.baseline, 6),
+            }
         if obs.kind == "service":
             data["service"] = obs.entity
         finding_id = str(uuid.uuid4())

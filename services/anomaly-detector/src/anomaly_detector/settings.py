@@ -117,6 +117,9 @@ class AnomalySection(BaseModel):
             surge (no alert), and a missing surge is called once this much past its start.
         alert_cooldown_s: Event time after an alert (or prediction) during which the same series
             stays quiet: one incident, one alert.
+        incident_memory_s: Event time after an alert during which the series coming back to
+            its level before the alert is the incident's recovery, not a new alert, even once
+            the recent window has absorbed the incident's level.
         series_cut_floor: Lowest adaptive cut on the series score (operator "missed" feedback
             may lower it towards ``series_cut_min``).
         series_cut_min: Lowest value feedback can lower the cut to.
@@ -150,6 +153,7 @@ class AnomalySection(BaseModel):
     sustained_points: int = Field(default=3, ge=1)
     seasonal_tolerance_s: float = Field(default=600.0, ge=0)
     alert_cooldown_s: float = Field(default=300.0, ge=0)
+    incident_memory_s: float = Field(default=21_600.0, ge=0)
     series_cut_floor: float = Field(default=0.35, ge=0, le=1)
     series_cut_min: float = Field(default=0.05, ge=0, le=1)
     evidence_window_s: float = Field(default=600.0, gt=0)
