@@ -257,6 +257,41 @@ async def test_mark_retention_keeps_published_rows_out_of_the_backlog(
     assert await backlog(postgres_dsn) == 0
 
 
+async def test_housekeeping_vacuums_on_its_own_connection_while_rows_flow(
+    postgres_dsn, db, js, nats_client, catalog
+):
+    relay = relay_for(
+        postgres_dsn,
+        nats_client,
+        catalog,
+        housekeeping_interval_s=0.05,
+        vacuum_dead_tuples=100,
+    )
+    async with running(relay):
+        for batch in range(4):
+            async with db.transaction():
+                await enqueue_many(db, [event(batch * 200 + n) for n in range(200)])
+        await until(lambda: relay.stats.published == 800, what="published")
+        await until(lambda: relay.stats.vacuums >= 1, what="a vacuum")
+
+    async def relay_connections() -> int:
+        cur = await db.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = %s AND datname = current_database()",
+            (relay.name,),
+        )
+        return (await cur.fetchone())[0]
+
+    # Every relay connection, the housekeeper's included, is closed on stop (the server ends a
+    # backend a moment after its client left).
+    await until(lambda: _is_zero(relay_connections()), what="relay connections closed")
+    assert len(await stream_events(js)) == 800
+
+
+async def _is_zero(count):
+    return await count == 0
+
+
 async def test_stop_finishes_the_batch_in_flight(postgres_dsn, db, js, nats_client, catalog):
     async with db.transaction():
         await enqueue_many(db, [event(n, key=f"k{n}") for n in range(3000)])

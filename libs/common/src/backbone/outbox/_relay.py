@@ -305,17 +305,19 @@ class OutboxRelay:
                 await migrate(conn)
             await self._ownership.join(conn)
             listener = asyncio.create_task(self._listen()) if self.config.listen else None
+            housekeeper = asyncio.create_task(self._housekeeper())
             self._pg_ok = True
             backoff.reset()
             try:
-                await self._loop(conn, listener, backoff)
+                await self._loop(conn, listener, housekeeper, backoff)
             finally:
                 self._pg_ok = False
                 self._ownership.forget()
-                if listener is not None:
-                    listener.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
-                        await listener
+                for task in (listener, housekeeper):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                            await task
 
     async def _listen(self) -> None:
         async with await self._connect() as conn:
@@ -324,15 +326,24 @@ class OutboxRelay:
             async for _ in conn.notifies():
                 self._wake.set()
 
+    async def _housekeeper(self) -> None:
+        # On a connection of its own: a VACUUM of a churning table takes a while, and the claim
+        # loop keeps publishing meanwhile.
+        async with await self._connect() as conn:
+            while not self._stop.is_set():
+                await self._pause(self.config.housekeeping_interval_s)
+                if not self._stop.is_set():
+                    await self._housekeep(conn)
+
     async def _loop(
         self,
         conn: psycopg.AsyncConnection[Any],
         listener: asyncio.Task[None] | None,
+        housekeeper: asyncio.Task[None],
         backoff: Backoff,
     ) -> None:
         cfg = self.config
         next_rebalance = 0.0
-        next_housekeeping = self._clock() + cfg.housekeeping_interval_s
         while not self._stop.is_set():
             now = self._clock()
             if now >= next_rebalance:
@@ -352,9 +363,9 @@ class OutboxRelay:
             if listener is not None and listener.done():
                 listener.result()  # raises the PostgreSQL error that ended it
                 listener = asyncio.create_task(self._listen())
-            if now >= next_housekeeping:
-                await self._housekeep(conn)
-                next_housekeeping = now + cfg.housekeeping_interval_s
+            if housekeeper.done():
+                housekeeper.result()  # raises the PostgreSQL error that ended it
+                housekeeper = asyncio.create_task(self._housekeeper())
             if not self._nc.is_connected:
                 # Nothing can be published; keep the session (and partitions) alive meanwhile.
                 await self._pause(min(0.1, cfg.poll_interval_s))
