@@ -134,8 +134,8 @@ class RelayConfig(BaseModel):
     listen: bool = True
     retention: Literal["delete", "mark"] = "delete"
     keep_published_s: float = Field(default=86_400.0, ge=0)
-    housekeeping_interval_s: float = Field(default=2.0, gt=0)
-    vacuum_dead_tuples: int = Field(default=20_000, ge=0)
+    housekeeping_interval_s: float = Field(default=1.0, gt=0)
+    vacuum_dead_tuples: int = Field(default=10_000, ge=0)
     backoff_initial_s: float = Field(default=0.05, gt=0)
     backoff_max_s: float = Field(default=5.0, gt=0)
     session_timeout_s: float = Field(default=15.0, ge=1)
