@@ -451,7 +451,17 @@ async def test_schema_registry_answers_gateway_requests_and_owns_the_schemas_buc
 
     await registry.nc.subscribe("backbone.registry.>", queue="schema-registry", cb=answer)
     await registry.nc.flush()
-    reply = await gateway.nc.request("backbone.registry.validate", b"{}", timeout=5)
+    # The flush proves the server has the subscription, not that the interest has reached the
+    # requester's side yet (it propagates asynchronously): "no responders" is retried briefly.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            reply = await gateway.nc.request("backbone.registry.validate", b"{}", timeout=5)
+            break
+        except nats.errors.NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
     assert reply.data == b'{"valid": true}'
 
     kv = await registry.nc.jetstream(timeout=5).key_value("schemas")
